@@ -1,0 +1,15 @@
+"""Task heads: plain nn.Modules that turn backbone features into predictions."""
+from typing import Any, Dict, Optional
+
+import torch.nn as nn
+
+from .classification import LinearHead, MLPHead
+
+CLASSIFICATION_HEADS = {'linear': LinearHead, 'mlp': MLPHead}
+
+
+def create_classification_head(
+        name: str, in_features: int, num_classes: int, kwargs: Optional[Dict[str, Any]] = None) -> nn.Module:
+    if name not in CLASSIFICATION_HEADS:
+        raise ValueError(f"unknown classification head {name!r}; choose one of {sorted(CLASSIFICATION_HEADS)}")
+    return CLASSIFICATION_HEADS[name](in_features, num_classes, **(kwargs or {}))

@@ -1,0 +1,8 @@
+"""vir_lightning: Vision Retention Networks for dense vision, on timm and PyTorch Lightning.
+
+Importing the package registers the ViR models in timm (``timm.create_model('vir_base_patch16_224')``).
+"""
+from .retention import DECAY_SCHEDULES, DIRECTIONS, RETENTION_MODES, decay_schedule, retention
+from .vir import Retention, RetentionBlock, VisionRetentionNetwork, checkpoint_filter_fn
+
+__version__ = '0.1.0'

@@ -1,0 +1,29 @@
+"""Errors a user can cause and fix: the CLI prints them as one clear message, not a traceback."""
+
+
+class UserError(Exception):
+    """A mistake in data, configuration or input that the message tells the user how to fix."""
+
+
+class DataNotFoundError(UserError, FileNotFoundError):
+    """A dataset folder or file is missing."""
+
+
+def find_user_error(error: BaseException):
+    """The UserError behind ``error``, also when a library wrapped it (jsonargparse, DataLoader workers)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, UserError):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def user_message(error: BaseException) -> str:
+    """The readable part of a UserError, also when a DataLoader worker re-raised it with its traceback."""
+    text = str(error)
+    marker = f'{type(error).__name__}: '
+    if 'Original Traceback' in text and marker in text:
+        text = text.rsplit(marker, 1)[-1]
+    return text.strip()

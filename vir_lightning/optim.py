@@ -1,0 +1,48 @@
+"""AdamW with (optional) layer-wise learning-rate decay and a warm-up + cosine/poly schedule.
+
+Built from timm's parameter-group and scheduler helpers: layer decay follows the backbone's
+``group_matcher``, no weight decay on biases, norms and ``no_weight_decay()`` parameters.
+Schedules are stepped per optimizer step, so warm-up and decay are expressed in steps.
+"""
+from typing import Iterable, List, Optional
+
+import torch.nn as nn
+from timm.optim import create_optimizer_v2, param_groups_layer_decay, param_groups_weight_decay
+from timm.scheduler import CosineLRScheduler, PolyLRScheduler
+
+SCHEDULES = ('cosine', 'poly')
+
+
+def param_groups(
+        backbone: nn.Module, others: Iterable[nn.Module], weight_decay: float, layer_decay: Optional[float],
+) -> List[dict]:
+    """Backbone groups (layer-decayed when ``layer_decay`` is set) plus full-lr groups for heads."""
+    no_decay = backbone.no_weight_decay() if hasattr(backbone, 'no_weight_decay') else ()
+    if layer_decay is not None and layer_decay < 1.0:
+        groups = param_groups_layer_decay(backbone, weight_decay, no_weight_decay_list=no_decay, layer_decay=layer_decay)
+    else:
+        groups = param_groups_weight_decay(backbone, weight_decay, no_weight_decay_list=no_decay)
+    for module in others:
+        groups += param_groups_weight_decay(module, weight_decay)
+    return [g for g in groups if len(list(g['params']))]
+
+
+def build_optimizer(groups: List[dict], lr: float, weight_decay: float, opt: str = 'adamw'):
+    return create_optimizer_v2(groups, opt=opt, lr=lr, weight_decay=weight_decay)
+
+
+def build_scheduler(
+        optimizer, schedule: str, total_steps: int, warmup_steps: int, min_lr: float, warmup_lr: float = 1e-6,
+        power: float = 1.0,
+):
+    """A timm scheduler to step with ``step_update(global_step)``; warm-up comes before the decay."""
+    if schedule not in SCHEDULES:
+        raise ValueError(f"unknown lr schedule {schedule!r}; choose one of {SCHEDULES}")
+    warmup_steps = max(0, min(int(warmup_steps), total_steps - 1))
+    kwargs = dict(
+        t_initial=max(1, total_steps - warmup_steps), lr_min=min_lr, warmup_t=warmup_steps,
+        warmup_lr_init=warmup_lr, warmup_prefix=True, t_in_epochs=False,
+    )
+    if schedule == 'cosine':
+        return CosineLRScheduler(optimizer, **kwargs)
+    return PolyLRScheduler(optimizer, power=power, **kwargs)

@@ -1,0 +1,178 @@
+"""Retention, the token mixer of Vision Retention Networks (arXiv 2310.19731), in pure PyTorch.
+
+Retention is softmax-free attention with a per-head exponential decay. With queries pre-scaled
+by d^-1/2 and decay gamma_h, token n of head h reads
+
+    causal:        o_n = sum_{m <= n} gamma^(n - m) (q_n . k_m) v_m
+    bidirectional: o_n = sum_m        gamma^|n - m| (q_n . k_m) v_m
+
+Three forms compute the same numbers:
+
+* ``parallel``: materialises the N x N decayed score matrix; simplest, best for short sequences
+  and for training at low resolution.
+* ``recurrent``: one d x d state per head, S_n = gamma S_(n-1) + k_n^T v_n, o_n = q_n S_n;
+  O(N) time and O(1) state, a Python loop over tokens (a reference, and for streaming).
+* ``chunkwise``: parallel inside chunks of ``chunk_size`` tokens, recurrent across chunks;
+  O(N C d) time, no N x N tensor. The form for high resolution.
+
+Bidirectional retention is computed exactly from two causal passes (forward, and backward on the
+flipped sequence) minus the diagonal term that both count.
+
+Decay powers are always formed in float32 (or float64 for float64 inputs) and only from
+non-positive exponents, so they neither round to 1.0 under bf16 autocast nor overflow at long
+sequence lengths.
+"""
+import math
+from typing import List
+
+import torch
+import torch.nn.functional as F
+
+RETENTION_MODES = ('parallel', 'recurrent', 'chunkwise')
+DIRECTIONS = ('causal', 'bidirectional')
+DECAY_SCHEDULES = ('vir', 'retnet')
+
+
+def decay_schedule(name: str, num_heads: int) -> List[float]:
+    """Per-head log decay, log(gamma_h), as Python floats computed in double precision.
+
+    ``vir``: gamma_h = 1 - exp(linspace(log(1/32), log(1/512), H)), the ViR release, any head count.
+    ``retnet``: gamma_h = 1 - 2^(-5 - h), the RetNet schedule used by the fla kernels.
+    """
+    if name == 'vir':
+        if num_heads == 1:
+            rates = [1 / 32]
+        else:
+            lo, hi = math.log(1 / 32), math.log(1 / 512)
+            rates = [math.exp(lo + (hi - lo) * h / (num_heads - 1)) for h in range(num_heads)]
+    elif name == 'retnet':
+        rates = [2.0 ** (-5 - h) for h in range(num_heads)]
+    else:
+        raise ValueError(f"unknown decay schedule {name!r}; choose one of {DECAY_SCHEDULES}")
+    return [math.log1p(-r) for r in rates]
+
+
+def _check_args(mode: str, direction: str, chunk_size: int) -> None:
+    if mode not in RETENTION_MODES:
+        raise ValueError(f"unknown retention mode {mode!r}; choose one of {RETENTION_MODES}")
+    if direction not in DIRECTIONS:
+        raise ValueError(f"unknown retention direction {direction!r}; choose one of {DIRECTIONS}")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size}")
+
+
+def _decay_dtype(x: torch.Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def _decay_pow(log_decay: torch.Tensor, exponent: torch.Tensor) -> torch.Tensor:
+    """gamma_h ** exponent for non-negative exponents, shape [H, *exponent.shape]."""
+    shape = (-1,) + (1,) * exponent.dim()
+    return torch.exp(log_decay.view(shape) * exponent)
+
+
+def retention_parallel(
+        q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_decay: torch.Tensor, direction: str = 'causal',
+) -> torch.Tensor:
+    """Parallel form: (Q K^T * D) V with D[n, m] = gamma^(n - m) (causal) or gamma^|n - m|."""
+    n = q.shape[-2]
+    pos = torch.arange(n, device=q.device, dtype=_decay_dtype(q))
+    dist = pos[:, None] - pos[None, :]
+    if direction == 'causal':
+        decay = _decay_pow(log_decay, dist.clamp(min=0)) * (dist >= 0)
+    else:
+        decay = _decay_pow(log_decay, dist.abs())
+    scores = (q @ k.transpose(-1, -2)) * decay
+    return scores.to(v.dtype) @ v
+
+
+def _full_precision(x: torch.Tensor):
+    """Keep state arithmetic in float32 even inside a bf16/fp16 autocast region."""
+    return torch.autocast(x.device.type, enabled=False)
+
+
+def _recurrent_causal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_decay: torch.Tensor) -> torch.Tensor:
+    b, h, n, d = q.shape
+    state_dtype = _decay_dtype(q)
+    out_dtype = torch.promote_types(q.dtype, v.dtype)
+    with _full_precision(q):
+        q, k, v = (t.to(state_dtype) for t in (q, k, v))
+        gamma = log_decay.exp().view(1, h, 1, 1)
+        state = q.new_zeros(b, h, d, v.shape[-1])
+        outputs = []
+        for i in range(n):
+            state = gamma * state + k[:, :, i, :, None] * v[:, :, i, None, :]
+            outputs.append((q[:, :, i, None, :] @ state).squeeze(-2))
+        return torch.stack(outputs, dim=2).to(out_dtype)
+
+
+def _chunkwise_causal(
+        q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_decay: torch.Tensor, chunk_size: int,
+) -> torch.Tensor:
+    """All chunks' inner products in one batched matmul, then one short scan over chunk states."""
+    b, h, n, d = q.shape
+    dv = v.shape[-1]
+    c = min(chunk_size, n)
+    num_chunks = -(-n // c)
+    pad = num_chunks * c - n
+    if pad:  # zero keys/values at the end change nothing before them
+        q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
+    q = q.reshape(b, h, num_chunks, c, d)
+    k = k.reshape(b, h, num_chunks, c, d)
+    v = v.reshape(b, h, num_chunks, c, dv)
+
+    state_dtype = _decay_dtype(q)
+    pos = torch.arange(c, device=q.device, dtype=state_dtype)
+    dist = pos[:, None] - pos[None, :]
+    inner_decay = (_decay_pow(log_decay, dist.clamp(min=0)) * (dist >= 0))[:, None]  # [H, 1, C, C]
+    scores = (q @ k.transpose(-1, -2)) * inner_decay
+    inner = scores.to(v.dtype) @ v
+
+    with _full_precision(q):
+        # chunk i contributes sum_j gamma^(C-1-j) k_j^T v_j to the state carried out of it
+        key_decay = _decay_pow(log_decay, c - 1 - pos)[:, None, :, None]  # [H, 1, C, 1]
+        updates = (k.to(state_dtype) * key_decay).transpose(-1, -2) @ v.to(state_dtype)  # [B, H, nc, d, dv]
+        chunk_decay = torch.exp(log_decay * c).view(1, h, 1, 1)
+        states = [updates.new_zeros(b, h, d, dv)]
+        for i in range(num_chunks - 1):
+            states.append(chunk_decay * states[-1] + updates[:, :, i])
+        states = torch.stack(states, dim=2)  # the state entering each chunk
+
+        query_decay = _decay_pow(log_decay, pos + 1)[:, None, :, None]  # token j is j+1 steps past the state
+        cross = (q.to(state_dtype) * query_decay) @ states
+    out = (inner + cross).to(torch.promote_types(q.dtype, v.dtype))
+    return out.reshape(b, h, num_chunks * c, dv)[:, :, :n]
+
+
+def _bidirectional(causal_fn, q, k, v, *args):
+    """Exact two-sided retention: forward pass + flipped backward pass - the doubled diagonal."""
+    forward = causal_fn(q, k, v, *args)
+    backward = causal_fn(q.flip(-2), k.flip(-2), v.flip(-2), *args).flip(-2)
+    diagonal = (q * k).sum(-1, keepdim=True) * v
+    return forward + backward - diagonal
+
+
+def retention(
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        log_decay: torch.Tensor,
+        mode: str = 'parallel',
+        direction: str = 'causal',
+        chunk_size: int = 64,
+) -> torch.Tensor:
+    """Multi-head retention of q, k [B, H, N, d] and v [B, H, N, dv] with per-head ``log_decay`` [H].
+
+    ``q`` must already carry the d^-1/2 scale. Returns [B, H, N, dv].
+    """
+    _check_args(mode, direction, chunk_size)
+    log_decay = log_decay.to(device=q.device, dtype=_decay_dtype(q))
+    if mode == 'parallel':
+        return retention_parallel(q, k, v, log_decay, direction)
+    if mode == 'recurrent':
+        fn, extra = _recurrent_causal, ()
+    else:
+        fn, extra = _chunkwise_causal, (chunk_size,)
+    if direction == 'causal':
+        return fn(q, k, v, log_decay, *extra)
+    return _bidirectional(fn, q, k, v, log_decay, *extra)

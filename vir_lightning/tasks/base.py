@@ -1,0 +1,89 @@
+"""What every task shares: a timm backbone by name, the optimiser and schedule, class-count checks."""
+import math
+from typing import Any, Dict, List, Optional
+
+import lightning as L
+import torch
+
+from ..errors import UserError
+from ..optim import build_optimizer, build_scheduler, param_groups
+
+
+class VisionTask(L.LightningModule):
+    """Base LightningModule: subclasses build ``self.backbone`` and heads, and implement the steps.
+
+    Args:
+        lr: peak learning rate (after warm-up).
+        weight_decay: AdamW weight decay (not applied to biases, norms, position embeddings).
+        layer_decay: layer-wise lr decay over the backbone blocks (None: off).
+        schedule: 'cosine' or 'poly' decay after warm-up, stepped every optimizer step.
+        warmup_steps, warmup_epochs: linear warm-up length, in optimizer steps plus epochs
+            (mmseg recipes count iterations, ImageNet recipes epochs).
+        min_lr: learning rate at the end of the schedule.
+        compile: torch.compile the backbone in setup().
+    """
+
+    monitor = 'val/loss'
+    monitor_mode = 'min'
+
+    def __init__(
+            self,
+            num_classes: int,
+            lr: float = 1e-3,
+            weight_decay: float = 0.05,
+            layer_decay: Optional[float] = None,
+            schedule: str = 'cosine',
+            warmup_steps: int = 0,
+            warmup_epochs: float = 0.0,
+            min_lr: float = 1e-6,
+            optimizer: str = 'adamw',
+            compile: bool = False,
+    ):
+        super().__init__()
+        if num_classes < 1:
+            raise UserError(f"num_classes must be at least 1, got {num_classes}")
+        self.num_classes = num_classes
+
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, 'datamodule', None)
+        data_classes = getattr(datamodule, 'num_classes', None)
+        if data_classes is not None and data_classes != self.num_classes:
+            raise UserError(
+                f"the model predicts {self.num_classes} classes but {type(datamodule).__name__} "
+                f"(root={getattr(datamodule, 'root', None)!r}) has {data_classes}: use a checkpoint trained on "
+                f"this data, or fine-tune from it with fit so the head is rebuilt for {data_classes} classes")
+        self._check_image_size(getattr(datamodule, 'image_size', None))
+        if self.hparams.get('compile') and stage == 'fit':
+            self.backbone = torch.compile(self.backbone)
+
+    def _check_image_size(self, image_size: Optional[int]) -> None:
+        patch_embed = getattr(self.backbone, 'patch_embed', None)
+        if image_size is None or patch_embed is None or getattr(patch_embed, 'dynamic_img_pad', False):
+            return
+        patch = patch_embed.patch_size[0]
+        if image_size % patch:
+            fixed = -(-image_size // patch) * patch
+            raise UserError(
+                f"--data.image_size {image_size} is not a multiple of the backbone's patch size {patch}: "
+                f"use e.g. {fixed}, or set model.backbone_kwargs.dynamic_img_pad: true to pad inputs")
+
+    def head_modules(self) -> List[torch.nn.Module]:
+        """Trainable modules outside the backbone (they get the full learning rate)."""
+        return [m for name, m in self.named_children() if name != 'backbone']
+
+    def configure_optimizers(self) -> Dict[str, Any]:
+        hp = self.hparams
+        backbone = getattr(self.backbone, '_orig_mod', self.backbone)
+        groups = param_groups(backbone, self.head_modules(), hp.weight_decay, hp.layer_decay)
+        optimizer = build_optimizer(groups, lr=hp.lr, weight_decay=hp.weight_decay, opt=hp.optimizer)
+        total = self.trainer.estimated_stepping_batches
+        if not math.isfinite(total):
+            raise UserError("set --trainer.max_epochs or --trainer.max_steps: the lr schedule needs a length")
+        total = int(total)
+        steps_per_epoch = total / self.trainer.max_epochs if (self.trainer.max_epochs or -1) > 0 else 0
+        warmup = hp.warmup_steps + round(hp.warmup_epochs * steps_per_epoch)
+        scheduler = build_scheduler(optimizer, hp.schedule, total, warmup, hp.min_lr)
+        return {'optimizer': optimizer, 'lr_scheduler': {'scheduler': scheduler, 'interval': 'step'}}
+
+    def lr_scheduler_step(self, scheduler, metric) -> None:
+        scheduler.step_update(num_updates=self.global_step)

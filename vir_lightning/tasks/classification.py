@@ -1,0 +1,110 @@
+"""Image classification: a timm backbone (ViR by default), a head from ``heads``, top-1/top-5."""
+from typing import Any, Dict, List, Optional
+
+import torch
+import torch.nn as nn
+from timm.data import Mixup
+from timm.loss import SoftTargetCrossEntropy
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy
+
+from heads import create_classification_head
+from ..backbone import create_backbone
+from ..errors import UserError
+from .base import VisionTask
+
+
+class ClassificationTask(VisionTask):
+    """Cross-entropy with label smoothing, optional mixup/cutmix (timm), AdamW + warm-up + cosine.
+
+    Args:
+        backbone: timm model name, e.g. 'vir_small_patch16_224'.
+        backbone_kwargs: extra ``timm.create_model`` arguments (img_size, retention_mode, drop_path_rate...).
+        head: 'linear' or 'mlp' (see ``heads``); head_kwargs go to its constructor.
+        num_classes, class_names: linked from the DataModule by the CLI.
+        label_smoothing: applied to hard targets, and inside mixup's soft targets.
+        mixup_alpha, cutmix_alpha: > 0 enables timm Mixup on training batches.
+    """
+
+    monitor = 'val/acc1'
+    monitor_mode = 'max'
+
+    def __init__(
+            self,
+            backbone: str = 'vir_tiny_patch16_224',
+            backbone_kwargs: Optional[Dict[str, Any]] = None,
+            head: str = 'linear',
+            head_kwargs: Optional[Dict[str, Any]] = None,
+            num_classes: int = 1000,
+            class_names: Optional[List[str]] = None,
+            label_smoothing: float = 0.1,
+            mixup_alpha: float = 0.0,
+            cutmix_alpha: float = 0.0,
+            lr: float = 1e-3,
+            weight_decay: float = 0.05,
+            layer_decay: Optional[float] = None,
+            schedule: str = 'cosine',
+            warmup_steps: int = 0,
+            warmup_epochs: float = 0.0,
+            min_lr: float = 1e-6,
+            optimizer: str = 'adamw',
+            compile: bool = False,
+    ):
+        super().__init__(num_classes)
+        self.save_hyperparameters()
+        self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
+        self.backbone = create_backbone(backbone, backbone_kwargs, num_classes=0)
+        try:
+            self.head = create_classification_head(head, self.backbone.num_features, num_classes, head_kwargs)
+        except (ValueError, TypeError) as error:
+            raise UserError(f"--model.head / --model.head_kwargs: {error}") from error
+        self.mixup = None
+        if mixup_alpha > 0 or cutmix_alpha > 0:
+            self.mixup = Mixup(
+                mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha, label_smoothing=label_smoothing,
+                num_classes=num_classes)
+        self.train_criterion = SoftTargetCrossEntropy() if self.mixup else nn.CrossEntropyLoss(
+            label_smoothing=label_smoothing)
+        self.criterion = nn.CrossEntropyLoss()
+        metrics = MetricCollection({
+            'acc1': MulticlassAccuracy(num_classes, top_k=1, average='micro'),
+            'acc5': MulticlassAccuracy(num_classes, top_k=min(5, num_classes), average='micro'),
+        })
+        self.train_metrics = metrics.clone(prefix='train/')
+        self.val_metrics = metrics.clone(prefix='val/')
+        self.test_metrics = metrics.clone(prefix='test/')
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(images))
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        images, targets = batch
+        if self.mixup is not None and len(images) % 2 == 0:
+            mixed, soft_targets = self.mixup(images, targets)
+            loss = self.train_criterion(self(mixed), soft_targets)
+        else:
+            logits = self(images)
+            loss = self.criterion(logits, targets) if self.mixup else self.train_criterion(logits, targets)
+            self.train_metrics(logits, targets)
+            self.log_dict(self.train_metrics, on_step=False, on_epoch=True)
+        self.log('train/loss', loss, prog_bar=True)
+        return loss
+
+    def _evaluate(self, batch, metrics: MetricCollection, stage: str) -> Dict[str, torch.Tensor]:
+        images, targets = batch
+        logits = self(images)
+        self.log(f'{stage}/loss', self.criterion(logits, targets), sync_dist=True)
+        metrics(logits, targets)
+        self.log_dict(metrics, prog_bar=stage == 'val')
+        return {'preds': logits.argmax(dim=1)}
+
+    def validation_step(self, batch, batch_idx: int) -> Dict[str, torch.Tensor]:
+        return self._evaluate(batch, self.val_metrics, 'val')
+
+    def test_step(self, batch, batch_idx: int) -> Dict[str, torch.Tensor]:
+        return self._evaluate(batch, self.test_metrics, 'test')
+
+    def predict_step(self, batch, batch_idx: int) -> Dict[str, torch.Tensor]:
+        probs = self(batch[0]).softmax(dim=1)
+        scores, preds = probs.max(dim=1)
+        return {'preds': preds, 'scores': scores}
