@@ -83,7 +83,7 @@ def retention_parallel(
     else:
         decay = _decay_pow(log_decay, dist.abs())
     scores = (q @ k.transpose(-1, -2)) * decay
-    return scores.to(v.dtype) @ v
+    return (scores.to(v.dtype) @ v).to(torch.promote_types(q.dtype, v.dtype))
 
 
 def _full_precision(x: torch.Tensor):
@@ -166,6 +166,8 @@ def retention(
     ``q`` must already carry the d^-1/2 scale. Returns [B, H, N, dv].
     """
     _check_args(mode, direction, chunk_size)
+    if q.shape[-2] == 0:
+        return v.new_zeros(v.shape)
     log_decay = log_decay.to(device=q.device, dtype=_decay_dtype(q))
     if mode == 'parallel':
         return retention_parallel(q, k, v, log_decay, direction)

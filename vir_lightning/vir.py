@@ -180,10 +180,7 @@ class VisionRetentionNetwork(nn.Module):
             act_layer=None,
     ):
         super().__init__()
-        if global_pool not in ('', 'token', 'avg'):
-            raise ValueError(f"global_pool must be '', 'token' or 'avg', got {global_pool!r}")
-        if global_pool == 'token' and not class_token:
-            raise ValueError("global_pool='token' needs class_token=True; use global_pool='avg' without one")
+        self._check_pool(global_pool, class_token)
         if decay_schedule not in DECAY_SCHEDULES:
             raise ValueError(f"unknown decay_schedule {decay_schedule!r}; choose one of {DECAY_SCHEDULES}")
         norm_layer = norm_layer or partial(nn.LayerNorm, eps=1e-6)
@@ -222,6 +219,13 @@ class VisionRetentionNetwork(nn.Module):
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
         self.init_weights()
 
+    @staticmethod
+    def _check_pool(global_pool: str, class_token: bool) -> None:
+        if global_pool not in ('', 'token', 'avg'):
+            raise ValueError(f"global_pool must be '', 'token' or 'avg', got {global_pool!r}")
+        if global_pool == 'token' and not class_token:
+            raise ValueError("global_pool='token' needs class_token=True; use global_pool='avg' without one")
+
     def init_weights(self) -> None:
         trunc_normal_(self.pos_embed, std=.02)
         if self.cls_token is not None:
@@ -250,8 +254,7 @@ class VisionRetentionNetwork(nn.Module):
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
         self.num_classes = num_classes
         if global_pool is not None:
-            if global_pool not in ('', 'token', 'avg'):
-                raise ValueError(f"global_pool must be '', 'token' or 'avg', got {global_pool!r}")
+            self._check_pool(global_pool, self.cls_token is not None)
             self.global_pool = global_pool
         self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
 
@@ -276,7 +279,17 @@ class VisionRetentionNetwork(nn.Module):
                 f"image to e.g. {math.ceil(h / ph) * ph}x{math.ceil(w / pw) * pw}, or create the model "
                 f"with dynamic_img_pad=True to pad automatically")
 
+    def train(self, mode: bool = True):
+        self._pos_embed_cache.clear()  # also the way to drop it after writes through `.data`
+        return super().train(mode)
+
     def _resampled_pos_embed(self, grid: Tuple[int, int]) -> torch.Tensor:
+        """Position embeddings for a token grid; resampled ones are cached while no gradient is needed.
+
+        The cache key includes the parameter's version counter, so optimizer steps, load_state_dict
+        and other in-place updates invalidate it; writes through ``.data`` do not count (call
+        ``model.eval()`` again after them).
+        """
         if tuple(grid) == tuple(self.patch_embed.grid_size):
             return self.pos_embed
         if torch.is_grad_enabled() and self.pos_embed.requires_grad:
@@ -410,14 +423,18 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: VisionReten
         if key not in target:
             _logger.info(f'checkpoint entry {key} has no counterpart in ViR and is skipped')
             continue
+        if key.startswith('head.') and value.shape != target[key].shape:
+            _logger.warning(f'checkpoint {key} has shape {tuple(value.shape)}, the model {tuple(target[key].shape)}: '
+                            f'the classifier is left freshly initialised')
+            continue
         out[key] = value
     for key, value in target.items():
         if key in out:
             continue
         if key.endswith(('ls1.gamma', 'ls2.gamma')):
             out[key] = torch.ones_like(value)  # ViT without LayerScale == LayerScale of ones
-        elif '.retention.norm_' in key:
-            out[key] = value  # no ViT counterpart: keep the identity initialisation
+        elif '.retention.norm_' in key or key.startswith('head.'):
+            out[key] = value  # no usable counterpart: keep the model's own initialisation
     return out
 
 

@@ -1,0 +1,333 @@
+"""Tests of the functional retention in ``vir_lightning/retention.py``.
+
+Every form (parallel, recurrent, chunkwise) is checked against a brute-force reference written
+here directly from the definition
+
+    o_n = sum_m D[n, m] (q_n . k_m) v_m,   D[n, m] = gamma^(n - m) (m <= n, causal)
+                                                     gamma^|n - m|  (bidirectional)
+"""
+import math
+
+import pytest
+import torch
+
+from vir_lightning.retention import DECAY_SCHEDULES, DIRECTIONS, RETENTION_MODES, decay_schedule, retention
+
+B, H, N, D = 2, 3, 37, 8
+
+# (mode, chunk_size); 64 is larger than N = 37
+FORMS = [('parallel', None), ('recurrent', None)] + [('chunkwise', c) for c in (1, 3, 7, 16, 64)]
+FORM_IDS = [m if c is None else f'{m}{c}' for m, c in FORMS]
+
+
+def _run(q, k, v, log_decay, mode, chunk_size, direction):
+    kwargs = {} if chunk_size is None else dict(chunk_size=chunk_size)
+    return retention(q, k, v, log_decay, mode=mode, direction=direction, **kwargs)
+
+
+def _reference(q, k, v, gammas, direction):
+    """Brute force from the definition: an explicit decay matrix built with Python's ** and an einsum."""
+    n = q.shape[-2]
+    rows = []
+    for g in gammas:
+        if direction == 'causal':
+            rows.append([[g ** (i - j) if j <= i else 0.0 for j in range(n)] for i in range(n)])
+        else:
+            rows.append([[g ** abs(i - j) for j in range(n)] for i in range(n)])
+    decay = torch.tensor(rows, dtype=torch.float64)  # [H, N, N]
+    return torch.einsum('hnm,bhnd,bhmd,bhme->bhne', decay, q.double(), k.double(), v.double())
+
+
+def _reference_loop(q, k, v, gammas, direction):
+    """The same definition as an explicit double loop (used once to validate the einsum reference)."""
+    b, h, n, _ = q.shape
+    out = torch.zeros(b, h, n, v.shape[-1], dtype=torch.float64)
+    for hh in range(h):
+        for i in range(n):
+            for j in range(n):
+                if direction == 'causal' and j > i:
+                    continue
+                w = gammas[hh] ** abs(i - j)
+                out[:, hh, i] += w * (q[:, hh, i] * k[:, hh, j]).sum(-1, keepdim=True) * v[:, hh, j]
+    return out
+
+
+def _qkv(b=B, h=H, n=N, d=D, dv=D, dtype=torch.float64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(b, h, n, d, generator=g, dtype=dtype)
+    k = torch.randn(b, h, n, d, generator=g, dtype=dtype)
+    v = torch.randn(b, h, n, dv, generator=g, dtype=dtype)
+    return q, k, v
+
+
+# ViR's own schedule (slow decays: 0.96875 .. 0.998) and a set of fast decays so that the mask
+# matters strongly inside N = 37 tokens.
+DECAYS = {
+    'vir': [math.exp(x) for x in decay_schedule('vir', H)],
+    'fast': [0.5, 0.85, 0.99],
+}
+
+
+def test_reference_matches_double_loop():
+    q, k, v = _qkv(b=1, n=9, dv=5)
+    for direction in DIRECTIONS:
+        torch.testing.assert_close(
+            _reference(q, k, v, DECAYS['fast'], direction), _reference_loop(q, k, v, DECAYS['fast'], direction),
+            rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize('direction', DIRECTIONS)
+@pytest.mark.parametrize('decays', sorted(DECAYS))
+@pytest.mark.parametrize('dv', [D, 5])
+@pytest.mark.parametrize('mode,chunk_size', FORMS, ids=FORM_IDS)
+def test_form_matches_bruteforce(mode, chunk_size, dv, decays, direction):
+    q, k, v = _qkv(dv=dv)
+    gammas = DECAYS[decays]
+    log_decay = torch.tensor([math.log(g) for g in gammas], dtype=torch.float64)
+    out = _run(q, k, v, log_decay, mode, chunk_size, direction)
+    ref = _reference(q, k, v, gammas, direction)
+    assert out.shape == (B, H, N, dv)
+    assert out.dtype == torch.float64
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-10)
+
+
+def test_directions_differ():
+    """Guard against a reference that cannot tell the two directions apart."""
+    q, k, v = _qkv()
+    causal = _reference(q, k, v, DECAYS['vir'], 'causal')
+    bidir = _reference(q, k, v, DECAYS['vir'], 'bidirectional')
+    assert (causal - bidir).abs().max() > 1.0
+    # the last token sees everything in both directions
+    torch.testing.assert_close(causal[:, :, -1], bidir[:, :, -1], rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize('mode,chunk_size', FORMS, ids=FORM_IDS)
+def test_causality_exact(mode, chunk_size):
+    """Changing the last token's key/value leaves every earlier output bit-identical."""
+    q, k, v = _qkv(dtype=torch.float32)
+    log_decay = torch.tensor(decay_schedule('vir', H))
+    out = _run(q, k, v, log_decay, mode, chunk_size, 'causal')
+    k2, v2 = k.clone(), v.clone()
+    k2[:, :, -1] += 3.0 * torch.randn_like(k2[:, :, -1])
+    v2[:, :, -1] += 3.0 * torch.randn_like(v2[:, :, -1])
+    out2 = _run(q, k2, v2, log_decay, mode, chunk_size, 'causal')
+    assert torch.equal(out[:, :, :-1], out2[:, :, :-1])
+    assert (out[:, :, -1] - out2[:, :, -1]).abs().max() > 1e-3
+
+    # a token in the middle (inside a chunk for every chunk size > 1): outputs before it unchanged
+    t = 20
+    k3 = k.clone()
+    k3[:, :, t] += 1.0
+    out3 = _run(q, k3, v, log_decay, mode, chunk_size, 'causal')
+    assert torch.equal(out[:, :, :t], out3[:, :, :t])
+    assert (out[:, :, t:] - out3[:, :, t:]).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize('mode,chunk_size', FORMS, ids=FORM_IDS)
+def test_bidirectional_sees_the_future(mode, chunk_size):
+    q, k, v = _qkv(dtype=torch.float32)
+    log_decay = torch.tensor(decay_schedule('vir', H))
+    out = _run(q, k, v, log_decay, mode, chunk_size, 'bidirectional')
+    k2, v2 = k.clone(), v.clone()
+    k2[:, :, -1] += 3.0
+    v2[:, :, -1] += 3.0
+    out2 = _run(q, k2, v2, log_decay, mode, chunk_size, 'bidirectional')
+    assert (out[:, :, 0] - out2[:, :, 0]).abs().max() > 1e-3
+
+
+# ----------------------------------------------------------------------------------------------
+# decay schedules
+
+
+@pytest.mark.parametrize('num_heads', [2, 3, 12])
+def test_vir_schedule(num_heads):
+    log_decay = decay_schedule('vir', num_heads)
+    assert len(log_decay) == num_heads
+    gammas = [math.exp(x) for x in log_decay]
+    assert gammas[0] == pytest.approx(1 - 1 / 32, abs=1e-12)
+    assert gammas[-1] == pytest.approx(1 - 1 / 512, abs=1e-12)
+    assert all(a < b for a, b in zip(gammas, gammas[1:]))
+    # the rates 1 - gamma are log-spaced between 1/32 and 1/512
+    log_rates = [math.log(1 - g) for g in gammas]
+    steps = [b - a for a, b in zip(log_rates, log_rates[1:])]
+    for s in steps:
+        assert s == pytest.approx(math.log(1 / 16) / (num_heads - 1), abs=1e-9)
+
+
+def test_vir_schedule_three_heads_middle():
+    gammas = [math.exp(x) for x in decay_schedule('vir', 3)]
+    assert gammas == pytest.approx([1 - 1 / 32, 1 - 1 / 128, 1 - 1 / 512], abs=1e-12)
+
+
+def test_vir_schedule_one_head():
+    assert [math.exp(x) for x in decay_schedule('vir', 1)] == pytest.approx([0.96875], abs=1e-12)
+
+
+@pytest.mark.parametrize('num_heads', [1, 4, 16])
+def test_retnet_schedule(num_heads):
+    gammas = [math.exp(x) for x in decay_schedule('retnet', num_heads)]
+    assert gammas == pytest.approx([1 - 2.0 ** (-5 - h) for h in range(num_heads)], abs=1e-12)
+
+
+def test_schedules_constant():
+    assert set(DECAY_SCHEDULES) == {'vir', 'retnet'}
+
+
+def test_unknown_schedule_raises():
+    with pytest.raises(ValueError) as info:
+        decay_schedule('linear', 4)
+    msg = str(info.value)
+    assert 'linear' in msg and 'vir' in msg and 'retnet' in msg
+
+
+# ----------------------------------------------------------------------------------------------
+# argument validation
+
+
+@pytest.mark.parametrize('kwargs,needle', [
+    (dict(mode='softmax'), 'softmax'),
+    (dict(mode=''), 'mode'),
+    (dict(direction='anticausal'), 'anticausal'),
+    (dict(direction='forward'), 'forward'),
+    (dict(mode='chunkwise', chunk_size=0), 'chunk_size'),
+    (dict(mode='chunkwise', chunk_size=-4), 'chunk_size'),
+])
+def test_bad_arguments_raise(kwargs, needle):
+    q, k, v = _qkv(b=1, n=5, dtype=torch.float32)
+    with pytest.raises(ValueError, match=needle):
+        retention(q, k, v, torch.tensor(decay_schedule('vir', H)), **kwargs)
+
+
+def test_mode_and_direction_constants():
+    assert set(RETENTION_MODES) == {'parallel', 'recurrent', 'chunkwise'}
+    assert set(DIRECTIONS) == {'causal', 'bidirectional'}
+
+
+# ----------------------------------------------------------------------------------------------
+# long sequences: the factored form Q gamma^n, K gamma^-n overflows (fp32 beyond ~2,790 tokens at
+# gamma = 0.96875; fp64 beyond ~1,000 tokens at gamma = 0.5). Decay powers must stay chunk-local.
+
+
+LONG_GAMMAS = [1 - 1 / 32, 0.5]  # ViR's fastest head, and a decay for which gamma^-5000 overflows float64 too
+
+
+@pytest.fixture(scope='module')
+def long_case():
+    g = torch.Generator().manual_seed(7)
+    shape = (1, 2, 5000, 4)
+    q, k, v = (torch.randn(*shape, generator=g, dtype=torch.float64) * 0.5 for _ in range(3))
+    log_decay = torch.tensor([math.log(x) for x in LONG_GAMMAS], dtype=torch.float64)
+    ref = retention(q, k, v, log_decay, mode='parallel', direction='causal')
+    assert torch.isfinite(ref).all()
+    return q, k, v, log_decay, ref
+
+
+@pytest.mark.parametrize('dtype,tol', [(torch.float64, 1e-10), (torch.float32, 1e-4)], ids=['f64', 'f32'])
+def test_long_sequence_chunkwise_causal(long_case, dtype, tol):
+    q, k, v, log_decay, ref = long_case
+    scale = ref.abs().max()
+    for chunk_size in (64, 96):  # 96 does not divide 5000
+        out = retention(q.to(dtype), k.to(dtype), v.to(dtype), log_decay.to(dtype),
+                        mode='chunkwise', direction='causal', chunk_size=chunk_size)
+        assert out.dtype == dtype
+        assert torch.isfinite(out).all()
+        assert ((out.double() - ref).abs().max() / scale) <= tol
+    # the very last tokens are still fed by their neighbours (nothing decayed or overflowed to 0/inf)
+    assert ref[..., -1, :].abs().max() > 1e-3
+
+
+@pytest.mark.parametrize('dtype,tol', [(torch.float64, 1e-10), (torch.float32, 1e-4)], ids=['f64', 'f32'])
+def test_long_sequence_chunkwise_bidirectional(long_case, dtype, tol):
+    """Bidirectional at 5000 tokens against the recurrent form (no decay powers at all; cheaper than parallel)."""
+    q, k, v, log_decay, _ = long_case
+    ref = retention(q, k, v, log_decay, mode='recurrent', direction='bidirectional')
+    assert torch.isfinite(ref).all()
+    out = retention(q.to(dtype), k.to(dtype), v.to(dtype), log_decay.to(dtype),
+                    mode='chunkwise', direction='bidirectional', chunk_size=96)
+    assert torch.isfinite(out).all()
+    assert ((out.double() - ref).abs().max() / ref.abs().max()) <= tol
+
+
+# ----------------------------------------------------------------------------------------------
+# bf16: decays must stay in float32 under autocast (bf16 would round gamma = 1 - 1/512 to 1.0)
+
+
+def _rel(a, b):
+    return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+@pytest.fixture(scope='module')
+def bf16_case():
+    g = torch.Generator().manual_seed(3)
+    shape = (1, 3, 512, 16)
+    q = torch.randn(*shape, generator=g) * 16 ** -0.5
+    k = torch.randn(*shape, generator=g)
+    v = torch.randn(*shape, generator=g)
+    log_decay = torch.tensor(decay_schedule('vir', 3), dtype=torch.float64)
+    gamma_bf16 = log_decay.exp().to(torch.bfloat16).double()
+    # premise of the test: bf16 rounds the slowest head's gamma (1 - 1/512) to exactly 1.0
+    assert gamma_bf16[-1].item() == 1.0
+    refs, rounded = {}, {}
+    for direction in DIRECTIONS:
+        refs[direction] = retention(q.double(), k.double(), v.double(), log_decay, direction=direction)
+        rounded[direction] = retention(q.double(), k.double(), v.double(), gamma_bf16.log(), direction=direction)
+    return q, k, v, log_decay.float(), refs, rounded
+
+
+@pytest.mark.parametrize('direction', DIRECTIONS)
+@pytest.mark.parametrize('mode', ['parallel', 'chunkwise', 'recurrent'])
+@pytest.mark.parametrize('inputs', ['autocast', 'bf16-tensors'])
+def test_bf16_keeps_decay_in_float32(bf16_case, direction, mode, inputs):
+    q, k, v, log_decay, refs, rounded = bf16_case
+    ref, ref_rounded = refs[direction], rounded[direction]
+    if inputs == 'autocast':
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            out = retention(q, k, v, log_decay, mode=mode, direction=direction, chunk_size=64)
+    else:
+        out = retention(q.bfloat16(), k.bfloat16(), v.bfloat16(), log_decay, mode=mode,
+                        direction=direction, chunk_size=64)
+    assert torch.isfinite(out).all()
+    for h in range(3):
+        assert _rel(out[:, h], ref[:, h]) < 3e-2, f'head {h}'
+    # The slowest head: rounding gamma to 1.0 is a large error, and the bf16 result is far closer
+    # to the true fp32 decay than to the rounded one.
+    err_rounded = _rel(ref_rounded[:, 2], ref[:, 2])
+    assert err_rounded > 0.1
+    err = _rel(out[:, 2], ref[:, 2])
+    assert err < 0.2 * err_rounded
+    assert _rel(out[:, 2], ref_rounded[:, 2]) > 0.5 * err_rounded
+
+
+# ----------------------------------------------------------------------------------------------
+# gradients
+
+
+@pytest.mark.parametrize('direction', DIRECTIONS)
+@pytest.mark.parametrize('mode,chunk_size', [('chunkwise', 3), ('recurrent', None), ('parallel', None)])
+def test_gradcheck(mode, chunk_size, direction):
+    g = torch.Generator().manual_seed(11)
+    q = torch.randn(1, 2, 10, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    k = torch.randn(1, 2, 10, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(1, 2, 10, 2, generator=g, dtype=torch.float64, requires_grad=True)
+    log_decay = torch.tensor([math.log(0.6), math.log(0.9)], dtype=torch.float64)
+
+    def fn(q, k, v):
+        return _run(q, k, v, log_decay, mode, chunk_size, direction)
+
+    assert torch.autograd.gradcheck(fn, (q, k, v), eps=1e-6, atol=1e-8, rtol=1e-6)
+
+
+@pytest.mark.parametrize('mode', RETENTION_MODES)
+def test_output_dtype_is_the_same_for_every_form_under_autocast(mode):
+    q = torch.randn(1, 2, 9, 4)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        out = retention(q, q, q, torch.tensor([-0.1, -0.01]), mode=mode, chunk_size=4)
+    assert out.dtype == torch.float32
+
+
+@pytest.mark.parametrize('mode', RETENTION_MODES)
+@pytest.mark.parametrize('direction', DIRECTIONS)
+def test_empty_sequence(mode, direction):
+    q = torch.randn(2, 3, 0, 4)
+    out = retention(q, q, torch.randn(2, 3, 0, 5), torch.tensor([-0.1] * 3), mode=mode, direction=direction)
+    assert out.shape == (2, 3, 0, 5)
