@@ -61,6 +61,23 @@ class VisionDataModule(L.LightningDataModule):
                 f"{world_size} devices in use; choose e.g. {max(1, self.batch_size // world_size) * world_size}")
         return self.batch_size // world_size
 
+    # subclasses set train_set and val_set in setup(); test_set and predict_set default to val_set
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self._split('test_set'), train=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self._split('predict_set'), train=False)
+
+    def _split(self, name: str) -> Dataset:
+        dataset = getattr(self, name, None)
+        return self.val_set if dataset is None else dataset
+
     def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
         return DataLoader(
             dataset,

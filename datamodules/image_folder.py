@@ -149,16 +149,3 @@ class ImageFolderDataModule(VisionDataModule):
                 classification_eval_transform(self.image_size, self.mean, self.std, self.hparams.crop_pct))
             self.predict_set = ImageFiles(self.predict_dir, eval_transform) if self.predict_dir \
                 else self._folder(self.val_dir, train=False)
-
-    def train_dataloader(self):
-        return self._loader(self.train_set, train=True)
-
-    def val_dataloader(self):
-        return self._loader(self.val_set, train=False)
-
-    def test_dataloader(self):
-        return self._loader(self.test_set, train=False)
-
-    def predict_dataloader(self):
-        return self._loader(self.predict_set, train=False)
-

@@ -121,15 +121,3 @@ class MNISTDemoDataModule(VisionDataModule):
         train_idx = np.setdiff1d(np.arange(len(labels)), val_idx)
         self.train_set = DigitImages(images, labels, train_idx, self._transform(train=True))
         self.val_set = DigitImages(images, labels, val_idx, self._transform(train=False))
-
-    def train_dataloader(self):
-        return self._loader(self.train_set, train=True)
-
-    def val_dataloader(self):
-        return self._loader(self.val_set, train=False)
-
-    def test_dataloader(self):
-        return self._loader(self.val_set, train=False)
-
-    def predict_dataloader(self):
-        return self._loader(self.val_set, train=False)

@@ -59,7 +59,7 @@ def test_help_and_print_config(tmp_path):
     assert result.returncode == 0, result.stderr
     config = yaml.safe_load(result.stdout)
     assert config['model']['class_path'] == 'vir_lightning.tasks.ClassificationTask'
-    assert config['data']['init_args']['batch_size'] == 64
+    assert config['data']['init_args']['batch_size'] == 32
 
 
 def test_fit_validate_test_predict_on_the_demo(tmp_path, monkeypatch, capsys):
@@ -85,7 +85,7 @@ def test_fit_validate_test_predict_on_the_demo(tmp_path, monkeypatch, capsys):
         code, out, err = run_main(['predict', '--config', 'cls_demo.yaml', *TINY_DEMO, '--ckpt_path', last], capsys)
         assert code == 0, err
         rows = list(csv.DictReader(open(tmp_path / 'outputs' / 'cls_demo' / expected)))
-        assert len(rows) == 128 and rows[0]['class'] in [str(i) for i in range(10)]
+        assert len(rows) == 64 and rows[0]['class'] in [str(i) for i in range(10)]
         assert 0 <= float(rows[0]['score']) <= 1
 
 

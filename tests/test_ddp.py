@@ -5,7 +5,6 @@ import sys
 
 import lightning as L
 import pytest
-import torch
 
 from conftest import TINY_VIR
 from datamodules import ImageFolderDataModule

@@ -1,6 +1,5 @@
 """Tests of the ViR timm models in ``vir_lightning/vir.py``."""
 import copy
-import math
 
 import pytest
 import timm

@@ -5,4 +5,8 @@ Importing the package registers the ViR models in timm (``timm.create_model('vir
 from .retention import DECAY_SCHEDULES, DIRECTIONS, RETENTION_MODES, decay_schedule, retention
 from .vir import Retention, RetentionBlock, VisionRetentionNetwork, checkpoint_filter_fn
 
+__all__ = [
+    'DECAY_SCHEDULES', 'DIRECTIONS', 'RETENTION_MODES', 'decay_schedule', 'retention',
+    'Retention', 'RetentionBlock', 'VisionRetentionNetwork', 'checkpoint_filter_fn',
+]
 __version__ = '0.1.0'

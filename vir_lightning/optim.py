@@ -19,7 +19,8 @@ def param_groups(
     """Backbone groups (layer-decayed when ``layer_decay`` is set) plus full-lr groups for heads."""
     no_decay = backbone.no_weight_decay() if hasattr(backbone, 'no_weight_decay') else ()
     if layer_decay is not None and layer_decay < 1.0:
-        groups = param_groups_layer_decay(backbone, weight_decay, no_weight_decay_list=no_decay, layer_decay=layer_decay)
+        groups = param_groups_layer_decay(
+            backbone, weight_decay, no_weight_decay_list=no_decay, layer_decay=layer_decay)
     else:
         groups = param_groups_weight_decay(backbone, weight_decay, no_weight_decay_list=no_decay)
     for module in others:

@@ -24,7 +24,6 @@ from typing import Dict, List, Optional, Set, Tuple, Union
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import (
     DropPath, LayerScale, Mlp, PatchEmbed, calculate_drop_path_rates,

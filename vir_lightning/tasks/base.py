@@ -40,6 +40,7 @@ class VisionTask(L.LightningModule):
             compile: bool = False,
     ):
         super().__init__()
+        self.save_hyperparameters()
         if num_classes < 1:
             raise UserError(f"num_classes must be at least 1, got {num_classes}")
         self.num_classes = num_classes

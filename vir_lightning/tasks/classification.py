@@ -24,6 +24,7 @@ class ClassificationTask(VisionTask):
         num_classes, class_names: linked from the DataModule by the CLI.
         label_smoothing: applied to hard targets, and inside mixup's soft targets.
         mixup_alpha, cutmix_alpha: > 0 enables timm Mixup on training batches.
+        **kwargs: optimisation options of VisionTask (lr, weight_decay, layer_decay, schedule, ...).
     """
 
     monitor = 'val/acc1'
@@ -40,18 +41,9 @@ class ClassificationTask(VisionTask):
             label_smoothing: float = 0.1,
             mixup_alpha: float = 0.0,
             cutmix_alpha: float = 0.0,
-            lr: float = 1e-3,
-            weight_decay: float = 0.05,
-            layer_decay: Optional[float] = None,
-            schedule: str = 'cosine',
-            warmup_steps: int = 0,
-            warmup_epochs: float = 0.0,
-            min_lr: float = 1e-6,
-            optimizer: str = 'adamw',
-            compile: bool = False,
+            **kwargs,
     ):
-        super().__init__(num_classes)
-        self.save_hyperparameters()
+        super().__init__(num_classes, **kwargs)
         self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
         self.backbone = create_backbone(backbone, backbone_kwargs, num_classes=0)
         try:
