@@ -20,11 +20,9 @@ class VisionTask(L.LightningModule):
         warmup_steps, warmup_epochs: linear warm-up length, in optimizer steps plus epochs
             (mmseg recipes count iterations, ImageNet recipes epochs).
         min_lr: learning rate at the end of the schedule.
-        compile: torch.compile the backbone in setup().
+        optimizer: a timm optimizer name ('adamw', 'lamb', 'sgd', ...).
+        compile: compile the backbone in place in setup() (state_dict keys unchanged).
     """
-
-    monitor = 'val/loss'
-    monitor_mode = 'min'
 
     def __init__(
             self,
@@ -52,10 +50,10 @@ class VisionTask(L.LightningModule):
             raise UserError(
                 f"the model predicts {self.num_classes} classes but {type(datamodule).__name__} "
                 f"(root={getattr(datamodule, 'root', None)!r}) has {data_classes}: use a checkpoint trained on "
-                f"this data, or fine-tune from it with fit so the head is rebuilt for {data_classes} classes")
+                f"this data, or data with {self.num_classes} classes")
         self._check_image_size(getattr(datamodule, 'image_size', None))
         if self.hparams.get('compile') and stage == 'fit':
-            self.backbone = torch.compile(self.backbone)
+            self.backbone.compile()
 
     def _check_image_size(self, image_size: Optional[int]) -> None:
         patch_embed = getattr(self.backbone, 'patch_embed', None)
@@ -74,8 +72,7 @@ class VisionTask(L.LightningModule):
 
     def configure_optimizers(self) -> Dict[str, Any]:
         hp = self.hparams
-        backbone = getattr(self.backbone, '_orig_mod', self.backbone)
-        groups = param_groups(backbone, self.head_modules(), hp.weight_decay, hp.layer_decay)
+        groups = param_groups(self.backbone, self.head_modules(), hp.weight_decay, hp.layer_decay)
         optimizer = build_optimizer(groups, lr=hp.lr, weight_decay=hp.weight_decay, opt=hp.optimizer)
         total = self.trainer.estimated_stepping_batches
         if not math.isfinite(total):

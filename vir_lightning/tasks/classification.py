@@ -27,9 +27,6 @@ class ClassificationTask(VisionTask):
         **kwargs: optimisation options of VisionTask (lr, weight_decay, layer_decay, schedule, ...).
     """
 
-    monitor = 'val/acc1'
-    monitor_mode = 'max'
-
     def __init__(
             self,
             backbone: str = 'vir_tiny_patch16_224',
