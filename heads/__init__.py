@@ -1,11 +1,13 @@
 """Task heads: plain nn.Modules that turn backbone features into predictions."""
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import torch.nn as nn
 
 from .classification import LinearHead, MLPHead
+from .segmentation import LinearSegHead, UPerNet
 
 CLASSIFICATION_HEADS = {'linear': LinearHead, 'mlp': MLPHead}
+SEGMENTATION_HEADS = {'uper': UPerNet, 'linear': LinearSegHead}
 
 
 def create_classification_head(
@@ -13,3 +15,10 @@ def create_classification_head(
     if name not in CLASSIFICATION_HEADS:
         raise ValueError(f"unknown classification head {name!r}; choose one of {sorted(CLASSIFICATION_HEADS)}")
     return CLASSIFICATION_HEADS[name](in_features, num_classes, **(kwargs or {}))
+
+
+def create_segmentation_head(
+        name: str, in_channels: List[int], num_classes: int, kwargs: Optional[Dict[str, Any]] = None) -> nn.Module:
+    if name not in SEGMENTATION_HEADS:
+        raise ValueError(f"unknown segmentation head {name!r}; choose one of {sorted(SEGMENTATION_HEADS)}")
+    return SEGMENTATION_HEADS[name](in_channels, num_classes, **(kwargs or {}))

@@ -17,6 +17,8 @@ def param_groups(
         backbone: nn.Module, others: Iterable[nn.Module], weight_decay: float, layer_decay: Optional[float],
 ) -> List[dict]:
     """Backbone groups (layer-decayed when ``layer_decay`` is set) plus full-lr groups for heads."""
+    if not hasattr(backbone, 'group_matcher') and hasattr(getattr(backbone, 'model', None), 'group_matcher'):
+        backbone = backbone.model  # timm's features_only wrapper: the layer structure is the inner model's
     no_decay = backbone.no_weight_decay() if hasattr(backbone, 'no_weight_decay') else ()
     if layer_decay is not None and layer_decay < 1.0:
         groups = param_groups_layer_decay(

@@ -1,5 +1,9 @@
 """Lightning callbacks: TensorBoard images and prediction writers."""
 from .classification_images import ClassificationImageLogger
 from .prediction_writer import ClassificationPredictionWriter
+from .segmentation_images import SegmentationImageLogger, SegmentationPredictionWriter
 
-__all__ = ['ClassificationImageLogger', 'ClassificationPredictionWriter']
+__all__ = [
+    'ClassificationImageLogger', 'ClassificationPredictionWriter', 'SegmentationImageLogger',
+    'SegmentationPredictionWriter',
+]

@@ -1,5 +1,6 @@
 """Thin LightningModules pairing a backbone with a head."""
 from .base import VisionTask
 from .classification import ClassificationTask
+from .segmentation import SegmentationTask
 
-__all__ = ['VisionTask', 'ClassificationTask']
+__all__ = ['VisionTask', 'ClassificationTask', 'SegmentationTask']

@@ -1,0 +1,85 @@
+"""Semantic-segmentation heads over a list of backbone feature maps [B, C_i, H/p, W/p].
+
+``UPerNet`` is the mmsegmentation ViT recipe built from mmseg's own classes (MultiLevelNeck,
+UPerHead, FCNHead); ``LinearSegHead`` is the light alternative (BatchNorm + 1x1 conv on the
+concatenated, upsampled maps). Both return ``(logits, aux_logits or None)`` at 1/4 (UPerNet)
+or 1/p (linear) of the input resolution; the task upsamples and computes the losses.
+"""
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from vir_lightning.mmseg_compat import ensure_mmseg_importable
+
+
+def _mmseg_loss_cfg() -> dict:
+    # mmseg heads insist on a loss config; the task computes the losses itself
+    return dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=1.0)
+
+
+class UPerNet(nn.Module):
+    """MultiLevelNeck (rescales ViT features to strides 4, 8, 16, 32) + UPerHead + auxiliary FCNHead.
+
+    Args:
+        in_channels: channels of each backbone feature map (4 maps of one stride, as from a ViT).
+        num_classes: output classes.
+        neck_channels: channels after the neck (mmseg ViT recipe: the backbone width).
+        channels: UPerHead channels (512 in the recipe); aux_channels: FCNHead channels (256).
+        scales: neck rescale factors per map.
+        aux_index: which neck output feeds the auxiliary head (None: no auxiliary head).
+    """
+
+    def __init__(
+            self,
+            in_channels: Sequence[int],
+            num_classes: int,
+            neck_channels: Optional[int] = None,
+            channels: int = 512,
+            aux_channels: int = 256,
+            scales: Sequence[float] = (4, 2, 1, 0.5),
+            aux_index: Optional[int] = 3,
+            dropout: float = 0.1,
+    ):
+        super().__init__()
+        ensure_mmseg_importable()
+        from mmseg.models.decode_heads import FCNHead, UPerHead
+        from mmseg.models.necks import MultiLevelNeck
+
+        in_channels = list(in_channels)
+        neck_channels = neck_channels or in_channels[-1]
+        norm_cfg = dict(type='BN', requires_grad=True)  # Lightning's sync_batchnorm makes it SyncBN under DDP
+        self.neck = MultiLevelNeck(in_channels=in_channels, out_channels=neck_channels, scales=list(scales))
+        levels = len(scales)
+        self.decode_head = UPerHead(
+            in_channels=[neck_channels] * levels, in_index=list(range(levels)), pool_scales=(1, 2, 3, 6),
+            channels=channels, dropout_ratio=dropout, num_classes=num_classes, norm_cfg=norm_cfg,
+            align_corners=False, loss_decode=_mmseg_loss_cfg())
+        self.aux_head = None if aux_index is None else FCNHead(
+            in_channels=neck_channels, in_index=aux_index, channels=aux_channels, num_convs=1,
+            concat_input=False, dropout_ratio=dropout, num_classes=num_classes, norm_cfg=norm_cfg,
+            align_corners=False, loss_decode=_mmseg_loss_cfg())
+
+    def forward(self, features: List[torch.Tensor]) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        features = self.neck(list(features))
+        logits = self.decode_head(features)
+        aux = self.aux_head(features) if self.aux_head is not None and self.training else None
+        return logits, aux
+
+
+class LinearSegHead(nn.Module):
+    """Upsample every map to the first one's size, concatenate, BatchNorm, 1x1 conv to classes."""
+
+    def __init__(self, in_channels: Sequence[int], num_classes: int, dropout: float = 0.1):
+        super().__init__()
+        total = sum(in_channels)
+        self.norm = nn.BatchNorm2d(total)
+        self.dropout = nn.Dropout2d(dropout)
+        self.classifier = nn.Conv2d(total, num_classes, kernel_size=1)
+
+    def forward(self, features: List[torch.Tensor]) -> Tuple[torch.Tensor, None]:
+        size = features[0].shape[-2:]
+        x = torch.cat([f if f.shape[-2:] == size else F.interpolate(f, size=size, mode='bilinear', align_corners=False)
+                       for f in features], dim=1)
+        return self.classifier(self.dropout(self.norm(x))), None

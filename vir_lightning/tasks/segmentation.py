@@ -1,0 +1,164 @@
+"""Semantic segmentation: a timm backbone's intermediate maps, a head from ``heads``, mIoU/mAcc/aAcc."""
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
+
+from heads import create_segmentation_head
+from ..backbone import create_backbone
+from ..errors import UserError
+from ..segmentation_inference import slide_inference, whole_inference
+from .base import VisionTask
+
+INFERENCE_MODES = ('whole', 'slide')
+
+
+class SegmentationTask(VisionTask):
+    """Pixel cross-entropy (ignore index) + weighted auxiliary loss; whole or sliding-window inference.
+
+    Args:
+        backbone, backbone_kwargs: timm model name and ``create_model`` arguments; the backbone is
+            created with ``features_only=True`` and ``out_indices``.
+        out_indices: blocks whose outputs feed the head (mmseg ViT recipe: 4 maps).
+        head: 'uper' (mmseg MultiLevelNeck + UPerHead + FCNHead) or 'linear'; head_kwargs to its constructor.
+        num_classes, class_names: linked from the DataModule by the CLI; palette and ignore_index
+            default to the DataModule's at setup (and are then saved with the checkpoint).
+        aux_weight: weight of the auxiliary head's loss (0.4 in mmseg).
+        inference: 'whole' or 'slide' (windows of crop_size every stride pixels, mmseg semantics).
+        inference_retention_mode: retention form used outside training, e.g. 'chunkwise' for large
+            images (ViR backbones only; None keeps the training form).
+    """
+
+    def __init__(
+            self,
+            backbone: str = 'vir_base_patch16_224',
+            backbone_kwargs: Optional[Dict[str, Any]] = None,
+            out_indices: Sequence[int] = (3, 5, 7, 11),
+            head: str = 'uper',
+            head_kwargs: Optional[Dict[str, Any]] = None,
+            num_classes: int = 150,
+            class_names: Optional[List[str]] = None,
+            palette: Optional[List[Tuple[int, int, int]]] = None,
+            ignore_index: int = 255,
+            aux_weight: float = 0.4,
+            inference: str = 'whole',
+            crop_size: int = 512,
+            stride: int = 341,
+            inference_retention_mode: Optional[str] = None,
+            **kwargs,
+    ):
+        super().__init__(num_classes, **kwargs)
+        if inference not in INFERENCE_MODES:
+            raise UserError(f"--model.inference must be one of {INFERENCE_MODES}, got {inference!r}")
+        self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
+        self.palette = [tuple(c) for c in palette] if palette else _default_palette(num_classes)
+        self.ignore_index = ignore_index
+        self.backbone = create_backbone(backbone, backbone_kwargs, features_only=True, out_indices=tuple(out_indices))
+        self.patch_size = _patch_size(self.backbone)
+        try:
+            self.head = create_segmentation_head(head, self.backbone.feature_info.channels(), num_classes, head_kwargs)
+        except (ValueError, TypeError) as error:
+            raise UserError(f"--model.head / --model.head_kwargs: {error}") from error
+        self.criterion = nn.CrossEntropyLoss(ignore_index=ignore_index)
+        metrics = MetricCollection({
+            'mIoU': MulticlassJaccardIndex(num_classes, average='macro', ignore_index=ignore_index),
+            'mAcc': MulticlassAccuracy(num_classes, average='macro', ignore_index=ignore_index),
+            'aAcc': MulticlassAccuracy(num_classes, average='micro', ignore_index=ignore_index),
+        })
+        self.val_metrics = metrics.clone(prefix='val/')
+        self.test_metrics = metrics.clone(prefix='test/')
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        datamodule = getattr(self.trainer, 'datamodule', None)
+        data_ignore = getattr(datamodule, 'ignore_index', None)
+        if data_ignore is not None and data_ignore != self.ignore_index:
+            raise UserError(f"--model.ignore_index is {self.ignore_index} but the data marks ignored pixels "
+                            f"with {data_ignore}: set them equal")
+        if self.hparams.palette is None and getattr(datamodule, 'palette', None):
+            self.palette = [tuple(c) for c in datamodule.palette]
+            self.hparams.palette = [list(c) for c in self.palette]
+
+    def forward(self, images: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Head outputs (logits, aux logits) at the head's resolution."""
+        return self.head(self.backbone(images))
+
+    def _logits(self, images: torch.Tensor) -> torch.Tensor:
+        logits, _ = self(images)
+        return F.interpolate(logits, size=images.shape[-2:], mode='bilinear', align_corners=False)
+
+    def predict_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """Full-resolution logits [B, K, H, W] with the configured inference mode."""
+        hp = self.hparams
+        if hp.inference == 'slide':
+            return slide_inference(self._logits, images, self.num_classes, (hp.crop_size, hp.crop_size),
+                                   (hp.stride, hp.stride), self.patch_size)
+        return whole_inference(self._logits, images, self.patch_size)
+
+    def _set_retention_mode(self, training: bool) -> None:
+        mode = self.hparams.inference_retention_mode
+        model = getattr(self.backbone, 'model', self.backbone)
+        if mode is None or not hasattr(model, 'set_retention_mode'):
+            return
+        if training:
+            model.set_retention_mode(self._train_retention_mode)
+        else:
+            self._train_retention_mode = getattr(self, '_train_retention_mode', model.retention_mode)
+            model.set_retention_mode(mode)
+
+    def on_train_epoch_start(self) -> None:
+        self._set_retention_mode(training=True)
+
+    def on_validation_start(self) -> None:
+        self._set_retention_mode(training=False)
+
+    on_test_start = on_predict_start = on_validation_start
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        images, masks = batch
+        logits, aux = self(images)
+        loss_decode = self.criterion(_resize(logits, masks), masks)
+        loss = loss_decode
+        self.log('train/loss_decode', loss_decode)
+        if aux is not None and self.hparams.aux_weight > 0:
+            loss_aux = self.criterion(_resize(aux, masks), masks)
+            loss = loss + self.hparams.aux_weight * loss_aux
+            self.log('train/loss_aux', loss_aux)
+        self.log('train/loss', loss, prog_bar=True)
+        return loss
+
+    def _evaluate(self, batch, metrics: MetricCollection, stage: str) -> Dict[str, torch.Tensor]:
+        images, masks = batch
+        logits = self.predict_logits(images)
+        self.log(f'{stage}/loss', self.criterion(logits, masks), sync_dist=True, batch_size=len(images))
+        preds = logits.argmax(dim=1)
+        metrics.update(preds, masks)
+        self.log_dict(metrics, prog_bar=stage == 'val', batch_size=len(images))
+        return {'preds': preds}
+
+    def validation_step(self, batch, batch_idx: int) -> Dict[str, torch.Tensor]:
+        return self._evaluate(batch, self.val_metrics, 'val')
+
+    def test_step(self, batch, batch_idx: int) -> Dict[str, torch.Tensor]:
+        return self._evaluate(batch, self.test_metrics, 'test')
+
+    def predict_step(self, batch, batch_idx: int) -> Dict[str, torch.Tensor]:
+        return {'preds': self.predict_logits(batch[0]).argmax(dim=1)}
+
+
+def _resize(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    return F.interpolate(logits, size=masks.shape[-2:], mode='bilinear', align_corners=False)
+
+
+def _patch_size(backbone: nn.Module) -> int:
+    model = getattr(backbone, 'model', backbone)
+    patch_embed = getattr(model, 'patch_embed', None)
+    return patch_embed.patch_size[0] if patch_embed is not None else 1
+
+
+def _default_palette(num_classes: int) -> List[Tuple[int, int, int]]:
+    generator = torch.Generator().manual_seed(0)
+    return [tuple(c) for c in torch.randint(0, 256, (num_classes, 3), generator=generator).tolist()]
