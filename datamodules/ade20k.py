@@ -222,7 +222,7 @@ class ADE20KDataModule(VisionDataModule):
             std: Sequence[float] = IMAGENET_STD,
     ):
         super().__init__(root, batch_size, num_workers, image_size, mean, std)
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=['class_names', 'palette'])  # the task logs these
         self.reduce_zero_label = reduce_zero_label
         self.train_split, self.val_split = train_split, val_split
         self.test_split = test_split or val_split

@@ -42,3 +42,22 @@ def test_ade20k_missing_stops_at_once_with_directions(tmp_path, monkeypatch, cap
     assert code == 2 and 'Traceback' not in err
     assert 'ADEChallengeData2016' in err and 'images/training' in err
     assert '--data.root' in err and 'seg_demo.yaml' in err and 'http' in err
+
+
+def test_seg_ade20k_config_trains_and_validates_on_any_folder_in_ade20k_layout(tmp_path, monkeypatch, capsys):
+    """The headline config itself (bf16-mixed kept), on CPU, pointed at a small folder in ADE20K layout."""
+    from datamodules import SyntheticScenesDataModule
+    root = tmp_path / 'ADEChallengeData2016'
+    SyntheticScenesDataModule(root=str(root), num_train=6, num_val=2).prepare_data()
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_main([
+        'fit', '--config', 'seg_ade20k.yaml', f'--data.root={root}', '--data.batch_size=2', '--data.num_workers=0',
+        '--data.image_size=64', '--trainer.accelerator=cpu', '--trainer.devices=1', '--trainer.strategy=auto',
+        '--trainer.sync_batchnorm=false', '--trainer.max_steps=2', '--trainer.val_check_interval=2',
+        '--trainer.limit_val_batches=2', '--model.backbone_kwargs.img_size=64', '--model.backbone_kwargs.depth=4',
+        '--model.backbone_kwargs.embed_dim=32', '--model.backbone_kwargs.num_heads=2', '--model.out_indices=[0, 1, 2, 3]',
+        '--model.head_kwargs.channels=16', '--model.head_kwargs.aux_channels=8', '--model.crop_size=64',
+        '--model.stride=48'], capsys)
+    assert code == 0, err
+    metrics = (tmp_path / 'runs' / 'seg_ade20k_vir_b' / 'version_0' / 'checkpoints')
+    assert any(p.name.startswith('best-step') for p in metrics.iterdir())
