@@ -85,15 +85,20 @@ class _SeededTransform:
 
 
 class SegmentationPairs(Dataset):
-    """(image, annotation) file pairs; items are (image float [3, H, W], mask long [H, W]).
+    """(image, annotation) file pairs; items are (image float [3, h, w], mask long [H, W]).
+
+    With ``transform_mask`` (training) the mask goes through the transform with its image; without
+    it (evaluation) the mask keeps its original size and the prediction is resized to it, as mmseg
+    evaluates ADE20K at the original resolution.
 
     Each mask is checked when loaded: same size as its image, and only values of the
     ``num_classes`` classes (raw 0..num_classes with reduce_zero_label) or the ignore value.
     """
 
     def __init__(self, pairs: List[Tuple[Path, Path]], transform, num_classes: int,
-                 reduce_zero_label: bool = True, ignore_index: int = IGNORE_INDEX):
+                 reduce_zero_label: bool = True, ignore_index: int = IGNORE_INDEX, transform_mask: bool = True):
         self.pairs = pairs
+        self.transform_mask = transform_mask
         self.transform = _SeededTransform(transform)
         self.num_classes = num_classes
         self.reduce_zero_label = reduce_zero_label
@@ -135,6 +140,8 @@ class SegmentationPairs(Dataset):
 
     def __getitem__(self, index: int):
         image, mask = self.load(index)
+        if not self.transform_mask:
+            return self.transform(image=image)['image'], torch.from_numpy(mask).long()
         out = self.transform(image=image, mask=mask)
         return out['image'], out['mask'].long()
 
@@ -188,8 +195,6 @@ class ADE20KDataModule(VisionDataModule):
         cat_max_ratio: training crops are re-drawn (up to 10 times) while one class covers this
             share of the labelled pixels or more; 1 disables.
         hflip: horizontal flip probability. photometric: mmseg's PhotoMetricDistortion.
-        eval_size_divisor: pad evaluation/predict images at the bottom/right (image 0, mask 255)
-            to a multiple of this (e.g. the patch size); None keeps the resized size.
         class_names, palette: override the class metadata (default: the class attributes
             CLASS_NAMES / PALETTE, which for ADE20K come from mmseg).
     """
@@ -215,7 +220,6 @@ class ADE20KDataModule(VisionDataModule):
             cat_max_ratio: float = 0.75,
             hflip: float = 0.5,
             photometric: bool = True,
-            eval_size_divisor: Optional[int] = None,
             class_names: Optional[List[str]] = None,
             palette: Optional[List[Tuple[int, int, int]]] = None,
             mean: Sequence[float] = IMAGENET_MEAN,
@@ -347,14 +351,12 @@ class ADE20KDataModule(VisionDataModule):
             ignore_index=self.ignore_index)
 
     def eval_transform(self):
-        return segmentation_eval_transform(self.image_size, self.mean, self.std, scale=self.hparams.scale,
-                                           size_divisor=self.hparams.eval_size_divisor,
-                                           ignore_index=self.ignore_index)
+        return segmentation_eval_transform(self.image_size, self.mean, self.std, scale=self.hparams.scale)
 
     def _pairs_dataset(self, split: str, train: bool) -> SegmentationPairs:
         transform = self.train_transform() if train else self.eval_transform()
         return SegmentationPairs(self.find_pairs(split), transform, self.num_classes,
-                                 self.reduce_zero_label, self.ignore_index)
+                                 self.reduce_zero_label, self.ignore_index, transform_mask=train)
 
     def setup(self, stage: str) -> None:
         if stage == 'fit':

@@ -206,16 +206,10 @@ def segmentation_train_transform(
 
 def segmentation_eval_transform(
         crop_size: Size, mean: Sequence[float], std: Sequence[float], scale: Optional[Tuple[int, int]] = None,
-        size_divisor: Optional[int] = None, ignore_index: int = IGNORE_INDEX,
 ) -> A.Compose:
-    """Resize to fit (4 * crop, crop) keeping the ratio (mask: nearest), normalise; sizes vary per image.
+    """Resize to fit (4 * crop, crop) keeping the ratio (mask, if given: nearest), normalise.
 
-    ``size_divisor`` (e.g. the patch size) pads the bottom/right up to a multiple of it, image 0 and
-    mask ``ignore_index``, like mmseg's SegDataPreProcessor(size_divisor=...); None keeps the size.
+    Sizes vary per image; the segmentation task pads to the patch size itself and crops back.
     """
-    transforms = [KeepRatioResize(scale or default_scale(crop_size)), A.Normalize(mean=mean, std=std)]
-    if size_divisor and size_divisor > 1:
-        transforms.append(A.PadIfNeeded(
-            min_height=None, min_width=None, pad_height_divisor=size_divisor, pad_width_divisor=size_divisor,
-            position='top_left', border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=ignore_index))
-    return A.Compose(transforms + [ToTensorV2()])
+    return A.Compose([KeepRatioResize(scale or default_scale(crop_size)), A.Normalize(mean=mean, std=std),
+                      ToTensorV2()])

@@ -373,7 +373,6 @@ class SyntheticScenesDataModule(ADE20KDataModule):
             cat_max_ratio: float = 0.75,
             hflip: float = 0.5,
             photometric: bool = True,
-            eval_size_divisor: Optional[int] = None,
             mean: Sequence[float] = IMAGENET_MEAN,
             std: Sequence[float] = IMAGENET_STD,
     ):
@@ -383,7 +382,7 @@ class SyntheticScenesDataModule(ADE20KDataModule):
         super().__init__(
             root, batch_size, num_workers, image_size, reduce_zero_label=True, predict_dir=predict_dir, scale=scale,
             ratio_range=ratio_range, cat_max_ratio=cat_max_ratio, hflip=hflip, photometric=photometric,
-            eval_size_divisor=eval_size_divisor, mean=mean, std=std)
+            mean=mean, std=std)
 
     def check_data_on_init(self) -> bool:
         return False  # written by prepare_data

@@ -55,7 +55,8 @@ def test_seg_ade20k_config_trains_and_validates_on_any_folder_in_ade20k_layout(t
         '--data.image_size=64', '--trainer.accelerator=cpu', '--trainer.devices=1', '--trainer.strategy=auto',
         '--trainer.sync_batchnorm=false', '--trainer.max_steps=2', '--trainer.val_check_interval=2',
         '--trainer.limit_val_batches=2', '--model.backbone_kwargs.img_size=64', '--model.backbone_kwargs.depth=4',
-        '--model.backbone_kwargs.embed_dim=32', '--model.backbone_kwargs.num_heads=2', '--model.out_indices=[0, 1, 2, 3]',
+        '--model.backbone_kwargs.embed_dim=32', '--model.backbone_kwargs.num_heads=2',
+        '--model.out_indices=[0, 1, 2, 3]',
         '--model.head_kwargs.channels=16', '--model.head_kwargs.aux_channels=8', '--model.crop_size=64',
         '--model.stride=48'], capsys)
     assert code == 0, err

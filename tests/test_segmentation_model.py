@@ -121,3 +121,34 @@ def test_bad_inference_mode_and_head_are_user_errors():
         make_task(inference='tiles')
     with pytest.raises(UserError, match='uper'):
         make_task(head='segformer')
+
+
+def test_compat_does_nothing_when_a_full_mmcv_ops_is_present(monkeypatch):
+    import sys
+    import types
+    full_ops = types.ModuleType('mmcv.ops')  # stands for a compiled mmcv's ops package
+    monkeypatch.setitem(sys.modules, 'mmcv.ops', full_ops)
+    ensure_mmseg_importable()
+    assert sys.modules['mmcv.ops'] is full_ops
+
+
+def test_layer_decay_reaches_through_the_features_only_wrapper():
+    from vir_lightning.optim import param_groups
+    task = make_task(layer_decay=0.5)
+    groups = param_groups(task.backbone, task.head_modules(), weight_decay=0.01, layer_decay=0.5)
+    scales = sorted({g.get('lr_scale', 1.0) for g in groups})
+    # stem, blocks 0..3 (the final norm is pruned by features_only): 0.5^4 ... 1.0; heads at 1.0
+    assert scales == pytest.approx([0.0625, 0.125, 0.25, 0.5, 1.0])
+    head_params = {id(p) for p in task.head.parameters()}
+    assert all(g.get('lr_scale', 1.0) == 1.0 for g in groups if any(id(p) in head_params for p in g['params']))
+
+
+def test_evaluation_resizes_predictions_to_the_original_annotation():
+    task = make_task()
+    task.log = task.log_dict = lambda *args, **kwargs: None
+    task.eval()
+    images, masks = torch.randn(1, 3, 64, 96), torch.randint(0, 5, (1, 30, 45))
+    with torch.no_grad():
+        out = task.validation_step((images, masks), 0)
+    assert out['preds'].shape == (1, 30, 45)
+    assert task.val_metrics['mIoU'].confmat.sum() == 30 * 45

@@ -29,6 +29,13 @@ def overlay(image: torch.Tensor, mask: torch.Tensor, palette, num_classes: int, 
     return draw_segmentation_masks(image.cpu(), masks, alpha=alpha, colors=[tuple(palette[c]) for c in present])
 
 
+def _nearest(mask: torch.Tensor, size) -> torch.Tensor:
+    """A label map resized (nearest) to an image's size, for drawing."""
+    if mask.shape[-2:] == tuple(size):
+        return mask
+    return torch.nn.functional.interpolate(mask[None, None].float(), size=tuple(size), mode='nearest')[0, 0].long()
+
+
 class SegmentationImageLogger(L.Callback):
     """Every validation epoch: rows of image | ground-truth overlay | prediction overlay (rank 0 only)."""
 
@@ -47,6 +54,7 @@ class SegmentationImageLogger(L.Callback):
         for image, truth, pred in zip(images, batch[1], outputs['preds']):
             if len(self._rows) >= self.num_images:
                 break
+            truth, pred = (_nearest(m, image.shape[-2:]) for m in (truth, pred))
             panels = [image.cpu(), overlay(image, truth, pl_module.palette, pl_module.num_classes),
                       overlay(image, pred, pl_module.palette, pl_module.num_classes)]
             self._rows.append(torch.cat(panels, dim=2))

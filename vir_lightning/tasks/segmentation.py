@@ -133,6 +133,8 @@ class SegmentationTask(VisionTask):
     def _evaluate(self, batch, metrics: MetricCollection, stage: str) -> Dict[str, torch.Tensor]:
         images, masks = batch
         logits = self.predict_logits(images)
+        if logits.shape[-2:] != masks.shape[-2:]:  # evaluate at the annotation's resolution, as mmseg
+            logits = _resize(logits, masks)
         self.log(f'{stage}/loss', self.criterion(logits, masks), sync_dist=True, batch_size=len(images))
         preds = logits.argmax(dim=1)
         metrics.update(preds, masks)
