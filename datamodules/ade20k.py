@@ -151,7 +151,10 @@ class SegmentationPairs(Dataset):
 
 
 class SegmentationImages(Dataset):
-    """Images without annotations, for predict; items are (image, a mask of 255s of the same size)."""
+    """Images without annotations, for predict; items are (image, a mask of 255s of the ORIGINAL size).
+
+    The placeholder mask carries the original size so predictions are returned at full resolution.
+    """
 
     def __init__(self, paths: List[Path], transform, ignore_index: int = IGNORE_INDEX):
         self.paths = paths
@@ -163,9 +166,8 @@ class SegmentationImages(Dataset):
 
     def __getitem__(self, index: int):
         image = load_rgb(self.paths[index])
-        mask = np.full(image.shape[:2], self.ignore_index, dtype=np.uint8)
-        out = self.transform(image=image, mask=mask)
-        return out['image'], out['mask'].long()
+        mask = torch.full(image.shape[:2], self.ignore_index, dtype=torch.long)
+        return self.transform(image=image)['image'], mask
 
     @property
     def sample_names(self) -> List[str]:

@@ -31,8 +31,9 @@ def test_seg_demo_fit_then_predict_writes_masks_and_overlays(tmp_path, monkeypat
         masks = sorted((tmp_path / 'outputs' / 'seg_demo' / run).glob('*_mask.png'))
         overlays = sorted((tmp_path / 'outputs' / 'seg_demo' / run).glob('*_overlay.jpg'))
         assert len(masks) == 2 and len(overlays) == 2
-        with Image.open(masks[0]) as mask, Image.open(overlays[0]) as blended:
-            assert mask.mode == 'RGB' and mask.size == blended.size
+        original = tmp_path / 'data' / 'seg_demo' / 'images' / 'validation' / masks[0].name.replace('_mask.png', '.jpg')
+        with Image.open(masks[0]) as mask, Image.open(overlays[0]) as blended, Image.open(original) as image:
+            assert mask.mode == 'RGB' and mask.size == blended.size == image.size  # full resolution
 
 
 @pytest.mark.parametrize('config', ['seg_ade20k.yaml', 'seg_ade20k_vit.yaml'])

@@ -36,7 +36,7 @@ def test_vir_builds_inside_mmseg_encoder_decoder():
         type='EncoderDecoder',
         data_preprocessor=dict(type='SegDataPreProcessor', mean=[123.675, 116.28, 103.53],
                                std=[58.395, 57.12, 57.375], size=(64, 64)),
-        backbone=dict(type='TimmFeatures', model_name='vir_tiny_patch16_224', out_indices=(1, 3),
+        backbone=dict(type='ViR', model_name='vir_tiny_patch16_224', out_indices=(1, 3),
                       model_kwargs=dict(depth=4, embed_dim=32, num_heads=2, retention_mode='chunkwise')),
         neck=dict(type='MultiLevelNeck', in_channels=[32, 32], out_channels=32, scales=[2, 1]),
         decode_head=dict(type='UPerHead', in_channels=[32, 32], in_index=[0, 1], pool_scales=(1, 2), channels=16,

@@ -1,6 +1,6 @@
 """ViR (or any timm model) as an mmsegmentation backbone, so mmseg configs can name it.
 
-    backbone=dict(type='TimmFeatures', model_name='vir_base_patch16_224', out_indices=(3, 5, 7, 11),
+    backbone=dict(type='ViR', model_name='vir_base_patch16_224', out_indices=(3, 5, 7, 11),
                   model_kwargs=dict(retention_mode='chunkwise', img_size=512))
 """
 from typing import Any, Dict, Optional, Sequence
@@ -31,3 +31,8 @@ class TimmFeatures(nn.Module):
 
     def forward(self, x):
         return tuple(self.model(x))
+
+
+@MODELS.register_module()
+class ViR(TimmFeatures):
+    """``backbone=dict(type='ViR', model_name='vir_base_patch16_224', ...)``: TimmFeatures with a ViR default."""

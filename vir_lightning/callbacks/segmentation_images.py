@@ -36,6 +36,14 @@ def _nearest(mask: torch.Tensor, size) -> torch.Tensor:
     return torch.nn.functional.interpolate(mask[None, None].float(), size=tuple(size), mode='nearest')[0, 0].long()
 
 
+def _resize_image(image: torch.Tensor, size) -> torch.Tensor:
+    if image.shape[-2:] == tuple(size):
+        return image
+    resized = torch.nn.functional.interpolate(image[None].float(), size=tuple(size), mode='bilinear',
+                                              align_corners=False)
+    return resized[0].round().clamp(0, 255).to(torch.uint8)
+
+
 class SegmentationImageLogger(L.Callback):
     """Every validation epoch: rows of image | ground-truth overlay | prediction overlay (rank 0 only)."""
 
@@ -98,6 +106,10 @@ class SegmentationPredictionWriter(BasePredictionWriter):
         images = (denormalize(batch[0], datamodule.mean, datamodule.std) * 255).to(torch.uint8)
         for index, image, pred in zip(batch_indices, images, prediction['preds']):
             stem = Path(names[index]).stem if names else f'{index:06d}'
+            if names and Path(names[index]).is_file():  # overlay on the original, full-resolution image
+                with Image.open(names[index]) as original:
+                    image = torch.from_numpy(np.asarray(original.convert('RGB')).copy()).permute(2, 0, 1)
+            image = _resize_image(image, pred.shape[-2:])
             mask = colorize(pred, pl_module.palette, pl_module.ignore_index)
             Image.fromarray(mask.permute(1, 2, 0).numpy()).save(self.run_dir / f'{stem}_mask.png')
             blended = overlay(image, pred, pl_module.palette, pl_module.num_classes)

@@ -148,7 +148,12 @@ class SegmentationTask(VisionTask):
         return self._evaluate(batch, self.test_metrics, 'test')
 
     def predict_step(self, batch, batch_idx: int) -> Dict[str, torch.Tensor]:
-        return {'preds': self.predict_logits(batch[0]).argmax(dim=1)}
+        """Class maps at the size of the batch's (placeholder) masks: the original image size."""
+        images, masks = batch
+        logits = self.predict_logits(images)
+        if logits.shape[-2:] != masks.shape[-2:]:
+            logits = _resize(logits, masks)
+        return {'preds': logits.argmax(dim=1)}
 
 
 def _resize(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
