@@ -152,3 +152,9 @@ def test_evaluation_resizes_predictions_to_the_original_annotation():
         out = task.validation_step((images, masks), 0)
     assert out['preds'].shape == (1, 30, 45)
     assert task.val_metrics['mIoU'].confmat.sum() == 30 * 45
+
+
+def test_crop_not_a_multiple_of_the_patch_is_explained():
+    task = make_task()
+    with pytest.raises(UserError, match='image_size 60 .* patch size 8: use e.g. 64'):
+        task._check_image_size(60)

@@ -21,3 +21,10 @@ def create_backbone(name: str, kwargs: Optional[Dict[str, Any]] = None, **overri
         return timm.create_model(name, **kwargs)
     except (TypeError, ValueError) as error:
         raise UserError(f"cannot build backbone {name!r} with backbone_kwargs {kwargs}: {error}") from error
+
+
+def patch_size(backbone: nn.Module) -> int:
+    """The backbone's patch size (1 for backbones without a patch embedding), through timm's feature wrappers."""
+    model = getattr(backbone, 'model', backbone)
+    patch_embed = getattr(model, 'patch_embed', None)
+    return patch_embed.patch_size[0] if patch_embed is not None else 1

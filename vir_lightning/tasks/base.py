@@ -5,6 +5,7 @@ from typing import Any, Dict, List, Optional
 import lightning as L
 import torch
 
+from ..backbone import patch_size
 from ..errors import UserError
 from ..optim import build_optimizer, build_scheduler, param_groups
 
@@ -56,10 +57,10 @@ class VisionTask(L.LightningModule):
             self.backbone.compile()
 
     def _check_image_size(self, image_size: Optional[int]) -> None:
-        patch_embed = getattr(self.backbone, 'patch_embed', None)
-        if image_size is None or patch_embed is None or getattr(patch_embed, 'dynamic_img_pad', False):
+        model = getattr(self.backbone, 'model', self.backbone)
+        if image_size is None or getattr(getattr(model, 'patch_embed', None), 'dynamic_img_pad', False):
             return
-        patch = patch_embed.patch_size[0]
+        patch = patch_size(self.backbone)
         if image_size % patch:
             fixed = -(-image_size // patch) * patch
             raise UserError(

@@ -8,7 +8,7 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
 
 from heads import create_segmentation_head
-from ..backbone import create_backbone
+from ..backbone import create_backbone, patch_size
 from ..errors import UserError
 from ..segmentation_inference import slide_inference, whole_inference
 from .base import VisionTask
@@ -57,7 +57,7 @@ class SegmentationTask(VisionTask):
         self.palette = [tuple(c) for c in palette] if palette else _default_palette(num_classes)
         self.ignore_index = ignore_index
         self.backbone = create_backbone(backbone, backbone_kwargs, features_only=True, out_indices=tuple(out_indices))
-        self.patch_size = _patch_size(self.backbone)
+        self.patch_size = patch_size(self.backbone)
         try:
             self.head = create_segmentation_head(head, self.backbone.feature_info.channels(), num_classes, head_kwargs)
         except (ValueError, TypeError) as error:
@@ -158,12 +158,6 @@ class SegmentationTask(VisionTask):
 
 def _resize(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     return F.interpolate(logits, size=masks.shape[-2:], mode='bilinear', align_corners=False)
-
-
-def _patch_size(backbone: nn.Module) -> int:
-    model = getattr(backbone, 'model', backbone)
-    patch_embed = getattr(model, 'patch_embed', None)
-    return patch_embed.patch_size[0] if patch_embed is not None else 1
 
 
 def _default_palette(num_classes: int) -> List[Tuple[int, int, int]]:
