@@ -158,3 +158,11 @@ def test_crop_not_a_multiple_of_the_patch_is_explained():
     task = make_task()
     with pytest.raises(UserError, match='image_size 60 .* patch size 8: use e.g. 64'):
         task._check_image_size(60)
+
+
+def test_importing_vir_lightning_first_makes_mmseg_importable():
+    import subprocess
+    import sys
+    code = 'import vir_lightning, mmseg.models; from mmseg.models.decode_heads import UPerHead; print("ok")'
+    result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == 'ok', result.stderr[-2000:]

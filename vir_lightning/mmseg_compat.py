@@ -5,8 +5,9 @@ fails, and four mmseg modules import from it without a guard: ``point_sample`` i
 utils/mask_classification.py, models/utils/point_sample.py and decode_heads/san_head.py, and
 ``sigmoid_focal_loss`` in models/losses/focal_loss.py; ``import mmseg.models`` then fails.
 
-When, and only when, ``mmcv.ops`` cannot be imported, ``ensure_mmseg_importable()`` installs a
-stand-in ``mmcv.ops`` module:
+When, and only when, ``mmcv.ops`` cannot be imported, ``ensure_mmseg_importable()`` (run by
+``import vir_lightning``, so anything imported after it can use mmseg) installs a stand-in
+``mmcv.ops`` module:
 
 * ``point_sample``: mmcv's own pure-PyTorch implementation, loaded from its file;
 * ``sigmoid_focal_loss``: raises a clear error when called (it needs compiled mmcv);
@@ -56,6 +57,8 @@ def _missing(name: str):
 
 def ensure_mmseg_importable() -> None:
     """Install the stand-in ``mmcv.ops`` if the real one cannot load; idempotent."""
+    if importlib.util.find_spec('mmcv') is None:
+        return  # no mmcv at all: nothing to patch (mmseg itself will say what is missing)
     existing = sys.modules.get('mmcv.ops')
     if existing is not None and getattr(existing, '__origin__', None) == _STAND_IN:
         return
