@@ -16,12 +16,12 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
-from torch.utils.data import DataLoader, Dataset, get_worker_info
+from torch.utils.data import DataLoader, Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from vir_lightning.errors import DataNotFoundError, UserError
 from .base import IMAGENET_MEAN, IMAGENET_STD, VisionDataModule
-from .images import list_images, load_rgb
+from .images import SeededTransform, list_images, load_rgb
 from .seg_transforms import IGNORE_INDEX, segmentation_eval_transform, segmentation_train_transform
 
 ADE20K_URL = 'http://data.csail.mit.edu/places/ADEchallenge/ADEChallengeData2016.zip'
@@ -62,28 +62,6 @@ def reduce_zero_label_lut(ignore_index: int = IGNORE_INDEX) -> np.ndarray:
     return lut
 
 
-class _SeededTransform:
-    """Gives each process / DataLoader worker its own albumentations random stream.
-
-    albumentations 2.0 keeps its own generator inside Compose, which forked workers would all
-    copy, repeating the same augmentations; reseeding from torch's per-worker seed (which
-    ``seed_everything`` controls) makes the streams distinct and reproducible.
-    """
-
-    def __init__(self, transform):
-        self.transform = transform
-        self._seeded_for = None
-
-    def __call__(self, **data):
-        info = get_worker_info()
-        worker = info.id if info is not None else -1
-        if self._seeded_for != worker:
-            seed = info.seed if info is not None else int(torch.randint(0, 2 ** 31 - 1, ()).item())
-            self.transform.set_random_seed(seed % 2 ** 32)
-            self._seeded_for = worker
-        return self.transform(**data)
-
-
 class SegmentationPairs(Dataset):
     """(image, annotation) file pairs; items are (image float [3, h, w], mask long [H, W]).
 
@@ -99,7 +77,7 @@ class SegmentationPairs(Dataset):
                  reduce_zero_label: bool = True, ignore_index: int = IGNORE_INDEX, transform_mask: bool = True):
         self.pairs = pairs
         self.transform_mask = transform_mask
-        self.transform = _SeededTransform(transform)
+        self.transform = SeededTransform(transform)
         self.num_classes = num_classes
         self.reduce_zero_label = reduce_zero_label
         self.ignore_index = ignore_index
@@ -378,7 +356,7 @@ class ADE20KDataModule(VisionDataModule):
                 paths, where = list_images(self.image_dir(self.val_split)), self.image_dir(self.val_split)
             if not paths:
                 raise UserError(f"no images found under '{where}' (looked for {', '.join(IMG_EXTENSIONS)})")
-            self.predict_set = SegmentationImages(paths, _SeededTransform(self.eval_transform()), self.ignore_index)
+            self.predict_set = SegmentationImages(paths, SeededTransform(self.eval_transform()), self.ignore_index)
 
     def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
         if train:

@@ -2,7 +2,9 @@
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image, UnidentifiedImageError
+from torch.utils.data import get_worker_info
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from vir_lightning.errors import UserError
@@ -19,6 +21,28 @@ def load_rgb(path) -> np.ndarray:
             f"replace or delete it (re-extracting the dataset usually fixes this).") from error
 
 
+class SeededTransform:
+    """Gives each process / DataLoader worker its own albumentations random stream.
+
+    albumentations 2.0 keeps its own generator inside Compose, which forked workers would all
+    copy, repeating the same augmentations; reseeding from torch's per-worker seed (which
+    ``seed_everything`` controls) makes the streams distinct and reproducible.
+    """
+
+    def __init__(self, transform):
+        self.transform = transform
+        self._seeded_for = None
+
+    def __call__(self, **data):
+        info = get_worker_info()
+        worker = info.id if info is not None else -1
+        if self._seeded_for != worker:
+            seed = info.seed if info is not None else int(torch.randint(0, 2 ** 31 - 1, ()).item())
+            self.transform.set_random_seed(seed % 2 ** 32)
+            self._seeded_for = worker
+        return self.transform(**data)
+
+
 class AlbumentationsTransform:
     """Adapts an albumentations pipeline to datasets that call ``transform(image)``.
 
@@ -26,7 +50,7 @@ class AlbumentationsTransform:
     """
 
     def __init__(self, pipeline, pil_transform=None):
-        self.pipeline = pipeline
+        self.pipeline = SeededTransform(pipeline)
         self.pil_transform = pil_transform
 
     def __call__(self, image: np.ndarray):

@@ -16,6 +16,7 @@ from torch.utils.data import Dataset
 
 from vir_lightning.errors import DataNotFoundError, UserError
 from .base import VisionDataModule
+from .images import SeededTransform
 
 MNIST_MEAN = (0.1307,) * 3
 MNIST_STD = (0.3081,) * 3
@@ -32,7 +33,8 @@ def packaged_mnist_file() -> Optional[Path]:
 
 class DigitImages(Dataset):
     def __init__(self, images: np.ndarray, labels: np.ndarray, indices: np.ndarray, transform):
-        self.images, self.labels, self.indices, self.transform = images, labels, indices, transform
+        self.images, self.labels, self.indices = images, labels, indices
+        self.transform = SeededTransform(transform)
 
     def __len__(self) -> int:
         return len(self.indices)

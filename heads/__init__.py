@@ -4,10 +4,16 @@ from typing import Any, Dict, List, Optional
 import torch.nn as nn
 
 from .classification import LinearHead, MLPHead
+from .detection import SimpleFeaturePyramid
 from .segmentation import LinearSegHead, UPerNet
 
 CLASSIFICATION_HEADS = {'linear': LinearHead, 'mlp': MLPHead}
 SEGMENTATION_HEADS = {'uper': UPerNet, 'linear': LinearSegHead}
+
+__all__ = [
+    'LinearHead', 'MLPHead', 'SimpleFeaturePyramid', 'LinearSegHead', 'UPerNet', 'CLASSIFICATION_HEADS',
+    'SEGMENTATION_HEADS', 'create_classification_head', 'create_segmentation_head',
+]
 
 
 def create_classification_head(

@@ -1,0 +1,39 @@
+import pytest
+import timm
+import torch
+from torchvision.models.detection import FasterRCNN, RetinaNet
+
+import vir_lightning  # noqa: F401
+from heads.detection import SimpleFeaturePyramid
+
+TINY = dict(depth=2, embed_dim=32, num_heads=2, init_values=1.0)
+
+
+def pyramid(**kwargs):
+    backbone = timm.create_model('vir_tiny_patch16_224', features_only=True, out_indices=(1,), **TINY, **kwargs)
+    return SimpleFeaturePyramid(backbone, out_channels=32)
+
+
+def test_pyramid_levels_strides_and_channels():
+    maps = pyramid()(torch.randn(2, 3, 128, 192))
+    assert list(maps) == ['0', '1', '2', '3', 'pool']
+    # stride 16 backbone -> strides 4, 8, 16, 32, 64
+    assert [tuple(m.shape[-2:]) for m in maps.values()] == [(32, 48), (16, 24), (8, 12), (4, 6), (2, 3)]
+    assert all(m.shape[:2] == (2, 32) for m in maps.values())
+
+
+@pytest.mark.parametrize('detector', [FasterRCNN, RetinaNet])
+def test_torchvision_detectors_train_and_predict_on_the_pyramid(detector):
+    torch.manual_seed(0)
+    model = detector(pyramid(retention_mode='chunkwise', chunk_size=16), num_classes=3, min_size=128, max_size=192)
+    images = [torch.rand(3, 120, 150), torch.rand(3, 128, 170)]  # padded by torchvision to a multiple of 32
+    targets = [{'boxes': torch.tensor([[10., 20., 60., 90.]]), 'labels': torch.tensor([1])},
+               {'boxes': torch.tensor([[30., 30., 100., 80.], [5., 5., 40., 40.]]), 'labels': torch.tensor([2, 1])}]
+    losses = model(images, targets)
+    assert all(torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+    assert model.backbone.body.model.patch_embed.proj.weight.grad is not None
+    model.eval()
+    with torch.no_grad():
+        detections = model(images)
+    assert len(detections) == 2 and {'boxes', 'labels', 'scores'} <= set(detections[0])
