@@ -16,7 +16,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from vir_lightning.errors import DataNotFoundError, UserError
@@ -358,9 +358,6 @@ class ADE20KDataModule(VisionDataModule):
                 raise UserError(f"no images found under '{where}' (looked for {', '.join(IMG_EXTENSIONS)})")
             self.predict_set = SegmentationImages(paths, SeededTransform(self.eval_transform()), self.ignore_index)
 
-    def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
-        if train:
-            return super()._loader(dataset, train=True)
-        # evaluation images keep their own aspect ratio, so they cannot be stacked: one per device
-        return DataLoader(dataset, batch_size=1, shuffle=False, num_workers=self.num_workers,
-                          pin_memory=torch.cuda.is_available(), persistent_workers=self.num_workers > 0)
+    @property
+    def eval_batch_size(self) -> int:
+        return 1  # evaluation images keep their own aspect ratio, so they cannot be stacked: one per device

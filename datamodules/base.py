@@ -78,12 +78,18 @@ class VisionDataModule(L.LightningDataModule):
         dataset = getattr(self, name, None)
         return self.val_set if dataset is None else dataset
 
+    @property
+    def eval_batch_size(self) -> int:
+        """Per-device batch for validation, test and predict."""
+        return self.device_batch_size
+
     def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
+        batch_size = self.device_batch_size if train else self.eval_batch_size
         return DataLoader(
             dataset,
-            batch_size=self.device_batch_size,
+            batch_size=batch_size,
             shuffle=train,
-            drop_last=train and len(dataset) >= self.device_batch_size,
+            drop_last=train and len(dataset) >= batch_size,
             num_workers=self.num_workers,
             pin_memory=torch.cuda.is_available(),
             persistent_workers=self.num_workers > 0,
