@@ -1,6 +1,6 @@
 """What every DataModule shares: the global batch split across devices, and the loaders."""
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import lightning as L
 import torch
@@ -83,6 +83,10 @@ class VisionDataModule(L.LightningDataModule):
         """Per-device batch for validation, test and predict."""
         return self.device_batch_size
 
+    def collate_fn(self) -> Optional[Callable]:
+        """How samples become a batch (None: PyTorch's default stacking)."""
+        return None
+
     def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
         batch_size = self.device_batch_size if train else self.eval_batch_size
         return DataLoader(
@@ -93,4 +97,5 @@ class VisionDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=torch.cuda.is_available(),
             persistent_workers=self.num_workers > 0,
+            collate_fn=self.collate_fn(),
         )

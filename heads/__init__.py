@@ -4,14 +4,14 @@ from typing import Any, Dict, List, Optional
 import torch.nn as nn
 
 from .classification import LinearHead, MLPHead
-from .detection import SimpleFeaturePyramid
+from .detection import DETECTORS, SimpleFeaturePyramid, create_detector
 from .segmentation import LinearSegHead, UPerNet
 
 CLASSIFICATION_HEADS = {'linear': LinearHead, 'mlp': MLPHead}
 SEGMENTATION_HEADS = {'uper': UPerNet, 'linear': LinearSegHead}
 
 __all__ = [
-    'LinearHead', 'MLPHead', 'SimpleFeaturePyramid', 'LinearSegHead', 'UPerNet', 'CLASSIFICATION_HEADS',
+    'LinearHead', 'MLPHead', 'SimpleFeaturePyramid', 'DETECTORS', 'create_detector', 'LinearSegHead', 'UPerNet', 'CLASSIFICATION_HEADS',
     'SEGMENTATION_HEADS', 'create_classification_head', 'create_segmentation_head',
 ]
 

@@ -6,14 +6,20 @@ LayerNorm (Li et al., "Exploring Plain Vision Transformer Backbones for Object D
 plus a max-pooled extra level ('pool') as torchvision's FPN gives. torchvision has only the
 multi-input FPN, hence this module. The output is the OrderedDict with ``out_channels`` that
 torchvision's FasterRCNN / RetinaNet / FCOS expect (keys '0'..'3' and 'pool').
+``create_detector`` puts one of those detectors on top.
 """
 from collections import OrderedDict
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import LayerNorm2d
+from torchvision.models.detection import FCOS, FasterRCNN, RetinaNet
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
+
+NUM_LEVELS = 5  # four pyramid scales + the pooled level
 
 
 def _rescale(channels: int, scale: float) -> nn.Module:
@@ -47,6 +53,7 @@ class SimpleFeaturePyramid(nn.Module):
         super().__init__()
         self.body = backbone
         channels = backbone.feature_info.channels()[-1]
+        self.max_stride = round(backbone.feature_info.reduction()[-1] / min(scales)) * 2  # the pooled level's
         self.out_channels = out_channels
         self.rescales = nn.ModuleList(_rescale(channels, s) for s in scales)
         self.outputs = nn.ModuleList(nn.Sequential(
@@ -59,4 +66,84 @@ class SimpleFeaturePyramid(nn.Module):
         maps = OrderedDict((str(i), out(rescale(last)))
                            for i, (rescale, out) in enumerate(zip(self.rescales, self.outputs)))
         maps['pool'] = F.max_pool2d(maps[str(len(maps) - 1)], kernel_size=1, stride=2)
-        return maps
+        return OrderedDict((name, level.float()) for name, level in maps.items())  # see FullPrecision
+
+
+class FullPrecision(nn.Module):
+    """Runs a detector head with autocast off.
+
+    Under bf16 autocast, box regressions and anchors would be bf16, whose spacing is 4 px at
+    coordinate 512 and 8 px at 1024: boxes would snap to a coarse grid. The pyramid hands the
+    heads float32 maps and the heads (a small share of the compute) stay in float32.
+    """
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, *args, **kwargs):
+        with torch.autocast('cuda', enabled=False), torch.autocast('cpu', enabled=False):
+            return self.module(*args, **kwargs)
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:  # detectors also call their head's helpers (e.g. head.compute_loss)
+            return getattr(self.module, name)
+
+
+class PreparedImagesTransform(GeneralizedRCNNTransform):
+    """torchvision's detector transform minus resizing and normalisation.
+
+    The DataModule owns resizing (so boxes, crops and evaluation scales are decided in one place)
+    and normalises with its own mean/std; this only batches images, zero-padded to a multiple of
+    ``size_divisible`` (the pooled level's stride, so every level's anchors align with its pixels),
+    and keeps predictions in input coordinates.
+    """
+
+    def __init__(self, size_divisible: int):
+        super().__init__(min_size=1, max_size=1, image_mean=[0.0], image_std=[1.0], size_divisible=size_divisible)
+
+    def normalize(self, image: torch.Tensor) -> torch.Tensor:
+        return image
+
+    def resize(self, image, target=None):
+        return image, target
+
+
+DETECTORS = {'faster_rcnn': FasterRCNN, 'retinanet': RetinaNet, 'fcos': FCOS}
+
+
+def create_detector(
+        name: str, backbone: nn.Module, num_classes: int, pyramid_channels: int = 256,
+        anchor_sizes: Optional[Sequence[int]] = None, **kwargs) -> nn.Module:
+    """A torchvision detector on a simple feature pyramid over ``backbone`` (a timm features_only model).
+
+    Args:
+        name: 'faster_rcnn' (two-stage), 'retinanet' or 'fcos' (single-stage).
+        num_classes: object categories; labels run 1..num_classes, 0 is background (torchvision's convention).
+        anchor_sizes: one base size per pyramid level, fine to coarse (default: torchvision's, 32..512,
+            8..128 for FCOS); aspect ratios 0.5, 1, 2 (RetinaNet: also 3 octave scales per level).
+        **kwargs: the torchvision detector's own options (box_score_thresh, detections_per_img, ...).
+    """
+    if name not in DETECTORS:
+        raise ValueError(f"unknown detector {name!r}; choose one of {sorted(DETECTORS)}")
+    pyramid = SimpleFeaturePyramid(backbone, out_channels=pyramid_channels)
+    if anchor_sizes is not None:
+        kwargs['anchor_generator'] = _anchor_generator(name, anchor_sizes)
+    detector = DETECTORS[name](pyramid, num_classes=num_classes + 1, **kwargs)
+    detector.transform = PreparedImagesTransform(size_divisible=pyramid.max_stride)
+    for head in ('rpn', 'roi_heads') if name == 'faster_rcnn' else ('head',):
+        setattr(detector, head, FullPrecision(getattr(detector, head)))
+    return detector
+
+
+def _anchor_generator(name: str, sizes: Sequence[int]) -> AnchorGenerator:
+    if len(sizes) != NUM_LEVELS:
+        raise ValueError(f"anchor_sizes needs one size per pyramid level ({NUM_LEVELS}), got {list(sizes)}")
+    if name == 'fcos':  # one point per location
+        return AnchorGenerator(tuple((s,) for s in sizes), ((1.0,),) * NUM_LEVELS)
+    if name == 'retinanet':
+        octaves = tuple(tuple(int(s * 2 ** (i / 3)) for i in range(3)) for s in sizes)
+        return AnchorGenerator(octaves, ((0.5, 1.0, 2.0),) * NUM_LEVELS)
+    return AnchorGenerator(tuple((s,) for s in sizes), ((0.5, 1.0, 2.0),) * NUM_LEVELS)

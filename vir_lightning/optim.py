@@ -25,8 +25,10 @@ def param_groups(
             backbone, weight_decay, no_weight_decay_list=no_decay, layer_decay=layer_decay)
     else:
         groups = param_groups_weight_decay(backbone, weight_decay, no_weight_decay_list=no_decay)
-    for module in others:
-        groups += param_groups_weight_decay(module, weight_decay)
+    in_backbone = {id(p) for p in backbone.parameters()}
+    for module in others:  # a head may hold the backbone too (torchvision detectors do): counted once
+        for group in param_groups_weight_decay(module, weight_decay):
+            groups.append({**group, 'params': [p for p in group['params'] if id(p) not in in_backbone]})
     return [g for g in groups if len(list(g['params']))]
 
 

@@ -1,4 +1,4 @@
-"""Writes predict results to a CSV file, one row per image, without touching earlier outputs."""
+"""Prediction writers that never touch earlier outputs: a CSV of classes, or a new folder per run."""
 import csv
 from pathlib import Path
 
@@ -36,3 +36,23 @@ class ClassificationPredictionWriter(BasePredictionWriter):
                 for index, pred, score in zip(indices, batch['preds'].tolist(), batch['scores'].tolist()):
                     writer.writerow([names[index] if names else index, pl_module.class_names[pred], f'{score:.4f}'])
         print(f'wrote {path}')
+
+
+class RunFolderPredictionWriter(BasePredictionWriter):
+    """Base for writers of per-image files: each predict run gets its own folder under ``output_dir``
+    (``run``, ``run-1``, ...), so nothing written before is overwritten."""
+
+    def __init__(self, output_dir: str, write_interval: str = 'batch'):
+        super().__init__(write_interval=write_interval)
+        self.output_dir = Path(output_dir)
+        self.run_dir = None
+
+    def on_predict_start(self, trainer, pl_module) -> None:
+        if trainer.is_global_zero:
+            n, run_dir = 0, self.output_dir / 'run'
+            while run_dir.exists():
+                n += 1
+                run_dir = self.output_dir / f'run-{n}'
+            run_dir.mkdir(parents=True)
+            self.run_dir = str(run_dir)
+        self.run_dir = Path(trainer.strategy.broadcast(self.run_dir))

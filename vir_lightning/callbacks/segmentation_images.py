@@ -5,11 +5,12 @@ from typing import List, Sequence, Tuple
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import BasePredictionWriter
 from PIL import Image
 from torchvision.utils import draw_segmentation_masks, make_grid
 
+from datamodules.images import load_rgb
 from .classification_images import denormalize, tensorboard_writer
+from .prediction_writer import RunFolderPredictionWriter
 
 
 def colorize(mask: torch.Tensor, palette: Sequence[Tuple[int, int, int]], ignore_index: int = 255) -> torch.Tensor:
@@ -78,26 +79,12 @@ class SegmentationImageLogger(L.Callback):
         writer.add_image('val/image_truth_prediction', make_grid(rows, nrow=1, padding=4), trainer.global_step)
 
 
-class SegmentationPredictionWriter(BasePredictionWriter):
-    """Writes ``<name>_mask.png`` (palette colours) and ``<name>_overlay.jpg`` per image.
-
-    Each predict run gets its own folder (``run``, ``run-1``, ...), so nothing earlier is overwritten.
-    """
+class SegmentationPredictionWriter(RunFolderPredictionWriter):
+    """Writes ``<name>_mask.png`` (palette colours) and ``<name>_overlay.jpg`` per image, in a new
+    folder per predict run."""
 
     def __init__(self, output_dir: str = 'outputs/segmentation'):
-        super().__init__(write_interval='batch')
-        self.output_dir = Path(output_dir)
-        self.run_dir = None
-
-    def on_predict_start(self, trainer, pl_module) -> None:
-        if trainer.is_global_zero:
-            n, run_dir = 0, self.output_dir / 'run'
-            while run_dir.exists():
-                n += 1
-                run_dir = self.output_dir / f'run-{n}'
-            run_dir.mkdir(parents=True)
-            self.run_dir = str(run_dir)
-        self.run_dir = Path(trainer.strategy.broadcast(self.run_dir))
+        super().__init__(output_dir)
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx):
         dataset = trainer.predict_dataloaders.dataset
@@ -107,8 +94,7 @@ class SegmentationPredictionWriter(BasePredictionWriter):
         for index, image, pred in zip(batch_indices, images, prediction['preds']):
             stem = Path(names[index]).stem if names else f'{index:06d}'
             if names and Path(names[index]).is_file():  # overlay on the original, full-resolution image
-                with Image.open(names[index]) as original:
-                    image = torch.from_numpy(np.asarray(original.convert('RGB')).copy()).permute(2, 0, 1)
+                image = torch.from_numpy(load_rgb(names[index]).copy()).permute(2, 0, 1)
             image = _resize_image(image, pred.shape[-2:])
             mask = colorize(pred, pl_module.palette, pl_module.ignore_index)
             Image.fromarray(mask.permute(1, 2, 0).numpy()).save(self.run_dir / f'{stem}_mask.png')

@@ -67,6 +67,26 @@ class VisionTask(L.LightningModule):
                 f"--data.image_size {image_size} is not a multiple of the backbone's patch size {patch}: "
                 f"use e.g. {fixed}, or set model.backbone_kwargs.dynamic_img_pad: true to pad inputs")
 
+    def _set_retention_mode(self, training: bool) -> None:
+        """Dense tasks' ``inference_retention_mode`` (e.g. chunkwise for large images) outside training."""
+        mode = self.hparams.get('inference_retention_mode')
+        model = getattr(self.backbone, 'model', self.backbone)
+        if mode is None or not hasattr(model, 'set_retention_mode'):
+            return
+        if training:
+            model.set_retention_mode(self._train_retention_mode)
+        else:
+            self._train_retention_mode = getattr(self, '_train_retention_mode', model.retention_mode)
+            model.set_retention_mode(mode)
+
+    def on_train_epoch_start(self) -> None:
+        self._set_retention_mode(training=True)
+
+    def on_validation_start(self) -> None:
+        self._set_retention_mode(training=False)
+
+    on_test_start = on_predict_start = on_validation_start
+
     def head_modules(self) -> List[torch.nn.Module]:
         """Trainable modules outside the backbone (they get the full learning rate)."""
         return [m for name, m in self.named_children() if name != 'backbone']

@@ -98,25 +98,6 @@ class SegmentationTask(VisionTask):
                                    (hp.stride, hp.stride), self.patch_size)
         return whole_inference(self._logits, images, self.patch_size)
 
-    def _set_retention_mode(self, training: bool) -> None:
-        mode = self.hparams.inference_retention_mode
-        model = getattr(self.backbone, 'model', self.backbone)
-        if mode is None or not hasattr(model, 'set_retention_mode'):
-            return
-        if training:
-            model.set_retention_mode(self._train_retention_mode)
-        else:
-            self._train_retention_mode = getattr(self, '_train_retention_mode', model.retention_mode)
-            model.set_retention_mode(mode)
-
-    def on_train_epoch_start(self) -> None:
-        self._set_retention_mode(training=True)
-
-    def on_validation_start(self) -> None:
-        self._set_retention_mode(training=False)
-
-    on_test_start = on_predict_start = on_validation_start
-
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         images, masks = batch
         logits, aux = self(images)

@@ -1,0 +1,117 @@
+"""Boxes drawn on images: TensorBoard truth | prediction panels, and predict outputs (images + COCO JSON)."""
+import json
+from pathlib import Path
+from typing import Dict, List, Sequence
+
+import lightning as L
+import numpy as np
+import torch
+import torch.distributed as dist
+from PIL import Image
+from torchvision.utils import draw_bounding_boxes, make_grid
+
+from datamodules.images import load_rgb
+from .classification_images import denormalize, tensorboard_writer
+from .prediction_writer import RunFolderPredictionWriter
+
+TRUTH_COLOR, PREDICTION_COLOR = (0, 230, 0), (255, 40, 40)
+
+
+def draw_boxes(image: torch.Tensor, boxes: torch.Tensor, labels: torch.Tensor, names: Sequence[str], color,
+               scores: torch.Tensor = None) -> torch.Tensor:
+    """uint8 [3, H, W] with boxes outlined and captioned by class name (and score)."""
+    if not len(boxes):
+        return image
+    captions = [names[int(label) - 1] + (f' {float(s):.2f}' if scores is not None else '')
+                for label, s in zip(labels, scores if scores is not None else labels)]
+    width = max(1, round(max(image.shape[-2:]) / 500))
+    return draw_bounding_boxes(image, boxes.float().cpu(), labels=captions, colors=color, width=width)
+
+
+def _fit(image: torch.Tensor, longest: int) -> torch.Tensor:
+    scale = longest / max(image.shape[-2:])
+    if scale >= 1:
+        return image
+    size = [max(1, round(s * scale)) for s in image.shape[-2:]]
+    return torch.nn.functional.interpolate(image[None].float(), size=size, mode='area')[0].to(torch.uint8)
+
+
+class DetectionImageLogger(L.Callback):
+    """Every validation epoch: rows of truth (green) | prediction (red, score >= ``score_threshold``)."""
+
+    def __init__(self, num_images: int = 4, score_threshold: float = 0.5, max_side: int = 800):
+        self.num_images = num_images
+        self.score_threshold = score_threshold
+        self.max_side = max_side
+        self._rows: List[torch.Tensor] = []
+
+    def on_validation_epoch_start(self, trainer, pl_module) -> None:
+        self._rows = []
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if trainer.sanity_checking or tensorboard_writer(trainer) is None or len(self._rows) >= self.num_images:
+            return
+        datamodule = trainer.datamodule
+        for image, target, detection in zip(batch[0], batch[1], outputs['detections']):
+            if len(self._rows) >= self.num_images:
+                break
+            image = (denormalize(image[None], datamodule.mean, datamodule.std)[0] * 255).to(torch.uint8).cpu()
+            keep = detection['scores'] >= self.score_threshold
+            panels = [draw_boxes(image, target['boxes'], target['labels'], pl_module.class_names, TRUTH_COLOR),
+                      draw_boxes(image, detection['boxes'][keep], detection['labels'][keep],
+                                 pl_module.class_names, PREDICTION_COLOR, detection['scores'][keep])]
+            self._rows.append(_fit(torch.cat(panels, dim=2), 2 * self.max_side))
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        writer = tensorboard_writer(trainer)
+        if writer is None or not self._rows:
+            return
+        width = max(row.shape[2] for row in self._rows)
+        height = max(row.shape[1] for row in self._rows)
+        rows = [torch.nn.functional.pad(row, (0, width - row.shape[2], 0, height - row.shape[1]))
+                for row in self._rows]
+        writer.add_image('val/boxes_truth_prediction', make_grid(rows, nrow=1, padding=4), trainer.global_step)
+
+
+class DetectionPredictionWriter(RunFolderPredictionWriter):
+    """Per predict run, a new folder with ``<name>_boxes.jpg`` (boxes with score >= ``score_threshold``
+    drawn on the full-resolution image) and ``detections.json``: every detection in COCO results
+    format (image_id, category_id with the dataset's own ids, bbox [x, y, w, h] in the file's
+    pixels, score), plus the image's file_name."""
+
+    def __init__(self, output_dir: str = 'outputs/detection', score_threshold: float = 0.5):
+        super().__init__(output_dir)
+        self.score_threshold = score_threshold
+        self._results: Dict[int, List[dict]] = {}
+
+    def on_predict_start(self, trainer, pl_module) -> None:
+        super().on_predict_start(trainer, pl_module)
+        self._results = {}
+
+    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx):
+        names = trainer.predict_dataloaders.dataset.sample_names
+        for index, detection in zip(batch_indices, prediction):
+            path = Path(names[index])
+            boxes, scores, labels = (detection[k].float().cpu() for k in ('boxes', 'scores', 'labels'))
+            self._results[int(detection['image_id'])] = [
+                {'image_id': int(detection['image_id']), 'category_id': pl_module.category_ids[int(label) - 1],
+                 'bbox': [round(v, 2) for v in (x1, y1, x2 - x1, y2 - y1)], 'score': round(float(score), 4),
+                 'file_name': path.name}
+                for (x1, y1, x2, y2), score, label in zip(boxes.tolist(), scores, labels)]
+            image = torch.from_numpy(load_rgb(path).copy()).permute(2, 0, 1)
+            keep = scores >= self.score_threshold
+            drawn = draw_boxes(image, boxes[keep], labels[keep], pl_module.class_names, PREDICTION_COLOR,
+                               scores[keep])
+            Image.fromarray(np.ascontiguousarray(drawn.permute(1, 2, 0).numpy())).save(
+                self.run_dir / f'{path.stem}_boxes.jpg', quality=90)
+
+    def on_predict_end(self, trainer, pl_module) -> None:
+        results = self._results
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            parts = [None] * dist.get_world_size()
+            dist.all_gather_object(parts, results)
+            results = {k: v for part in parts for k, v in part.items()}  # padded repeats count once
+        if trainer.is_global_zero:
+            detections = [d for image_id in sorted(results) for d in results[image_id]]
+            (self.run_dir / 'detections.json').write_text(json.dumps(detections))
+            print(f'wrote {len(detections)} detections on {len(results)} images to {self.run_dir}')

@@ -1,0 +1,79 @@
+"""COCO-style box mAP over a whole evaluation set, computed once, on one process.
+
+Each process keeps the detections and targets of the images it saw, keyed by image id. At the
+end they are gathered to rank 0, images that DistributedSampler repeated to even out the ranks
+are counted once, and torchmetrics' MeanAveragePrecision (pycocotools or faster-coco-eval)
+runs there; the figures are then broadcast so every rank logs the same values. torchmetrics'
+own distributed mode syncs variable-length lists of tensors across ranks, which is slow on
+COCO-sized sets and known to hang; this does one object gather instead.
+"""
+from typing import Dict, List
+
+import torch
+import torch.distributed as dist
+from torchmetrics.detection import MeanAveragePrecision
+
+# torchmetrics key -> logged name
+MAP_KEYS = {
+    'map': 'mAP', 'map_50': 'mAP50', 'map_75': 'mAP75', 'map_small': 'mAP_small', 'map_medium': 'mAP_medium',
+    'map_large': 'mAP_large', 'mar_100': 'mAR100',
+}
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _cpu(sample: Dict[str, torch.Tensor], keys) -> Dict[str, torch.Tensor]:
+    return {k: sample[k].detach().float().cpu() if k in ('boxes', 'scores') else sample[k].detach().cpu()
+            for k in keys}
+
+
+class DetectionEvaluator:
+    """Accumulates per-image results; ``compute()`` returns {'mAP': ..., 'mAP50': ...} on every rank.
+
+    Args:
+        backend: 'pycocotools' or 'faster_coco_eval' (torchmetrics' MeanAveragePrecision backends).
+    """
+
+    def __init__(self, backend: str = 'pycocotools'):
+        self.backend = backend
+        self.results: Dict[int, tuple] = {}
+
+    def reset(self) -> None:
+        self.results = {}
+
+    def update(self, detections: List[Dict[str, torch.Tensor]], targets: List[Dict[str, torch.Tensor]]) -> None:
+        """Detections {boxes, scores, labels} and targets {boxes, labels, iscrowd, image_id}, same coordinates."""
+        for detection, target in zip(detections, targets):
+            self.results[int(target['image_id'])] = (
+                _cpu(detection, ('boxes', 'scores', 'labels')), _cpu(target, ('boxes', 'labels', 'iscrowd')))
+
+    def _gathered(self) -> Dict[int, tuple]:
+        if not _distributed():
+            return self.results
+        parts = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
+        dist.gather_object(self.results, parts, dst=0)
+        merged = {}
+        for part in parts or []:
+            merged.update(part)  # an image evaluated on two ranks (sampler padding) counts once
+        return merged
+
+    def compute(self) -> Dict[str, float]:
+        results = self._gathered()
+        figures = [None]
+        if not _distributed() or dist.get_rank() == 0:
+            figures[0] = self._map(results)
+        if _distributed():
+            dist.broadcast_object_list(figures, src=0)
+        return figures[0]
+
+    def _map(self, results: Dict[int, tuple]) -> Dict[str, float]:
+        if not results:
+            return {name: float('nan') for name in MAP_KEYS.values()}
+        metric = MeanAveragePrecision(box_format='xyxy', iou_type='bbox', backend=self.backend,
+                                      sync_on_compute=False)
+        image_ids = sorted(results)
+        metric.update([results[i][0] for i in image_ids], [results[i][1] for i in image_ids])
+        values = metric.compute()
+        return {name: float(values[key]) for key, name in MAP_KEYS.items()}

@@ -1,0 +1,132 @@
+"""Object detection: a timm backbone's last map, a simple feature pyramid and a torchvision detector."""
+from typing import Any, Dict, List, Optional, Sequence
+
+import torch
+
+from heads import create_detector
+from ..backbone import create_backbone
+from ..detection_eval import DetectionEvaluator
+from ..errors import UserError
+from .base import VisionTask
+
+MAP_BACKENDS = ('pycocotools', 'faster_coco_eval')
+
+
+def to_file_pixels(boxes: torch.Tensor, target: Dict[str, torch.Tensor]) -> torch.Tensor:
+    """Boxes in the transformed image's pixels -> the image file's pixels (undoes the DataModule's resize)."""
+    (h0, w0), (h, w) = target['orig_size'].tolist(), target['size'].tolist()
+    return boxes * boxes.new_tensor([w0 / w, h0 / h, w0 / w, h0 / h])
+
+
+class DetectionTask(VisionTask):
+    """torchvision Faster R-CNN / RetinaNet / FCOS on a ViTDet simple feature pyramid; COCO mAP.
+
+    Args:
+        backbone, backbone_kwargs: timm model name and ``create_model`` arguments; created with
+            ``features_only=True`` and the last block as ``out_indices`` (a timm ViT needs
+            ``dynamic_img_size: true`` for images of varying size).
+        detector: 'faster_rcnn', 'retinanet' or 'fcos'; detector_kwargs go to its torchvision
+            constructor (box_score_thresh, box_detections_per_img, score_thresh, ...).
+        pyramid_channels: channels of every pyramid level (256 in ViTDet).
+        anchor_sizes: one base anchor size per level (5, fine to coarse); None: torchvision's.
+        num_classes, class_names: linked from the DataModule by the CLI (labels 1..num_classes).
+        category_ids: the dataset's category id of each label, for written predictions; taken
+            from the DataModule at setup when not given (and then saved with the checkpoint).
+        inference_retention_mode: retention form used outside training, e.g. 'chunkwise' for
+            large images (ViR backbones only; None keeps the training form).
+        map_backend: 'pycocotools' or 'faster_coco_eval' for MeanAveragePrecision.
+    """
+
+    def __init__(
+            self,
+            backbone: str = 'vir_base_patch16_224',
+            backbone_kwargs: Optional[Dict[str, Any]] = None,
+            detector: str = 'faster_rcnn',
+            detector_kwargs: Optional[Dict[str, Any]] = None,
+            pyramid_channels: int = 256,
+            anchor_sizes: Optional[Sequence[int]] = None,
+            num_classes: int = 80,
+            class_names: Optional[List[str]] = None,
+            category_ids: Optional[List[int]] = None,
+            inference_retention_mode: Optional[str] = None,
+            map_backend: str = 'pycocotools',
+            **kwargs,
+    ):
+        super().__init__(num_classes, **kwargs)
+        if map_backend not in MAP_BACKENDS:
+            raise UserError(f"--model.map_backend must be one of {MAP_BACKENDS}, got {map_backend!r}")
+        self.class_names = list(class_names) if class_names else [str(i) for i in range(1, num_classes + 1)]
+        self.category_ids = list(category_ids) if category_ids else list(range(1, num_classes + 1))
+        body = create_backbone(backbone, backbone_kwargs, features_only=True, out_indices=(-1,))
+        try:
+            self.detector = create_detector(detector, body, num_classes, pyramid_channels, anchor_sizes,
+                                            **(detector_kwargs or {}))
+        except (ValueError, TypeError) as error:
+            raise UserError(f"--model.detector / --model.detector_kwargs / --model.anchor_sizes: {error}") from error
+        self.val_evaluator = DetectionEvaluator(map_backend)
+        self.test_evaluator = DetectionEvaluator(map_backend)
+
+    @property
+    def backbone(self) -> torch.nn.Module:
+        """The timm features model inside the detector (layer decay, compile and checks work on it)."""
+        return self.detector.backbone.body
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        data_ids = getattr(getattr(self.trainer, 'datamodule', None), 'category_ids', None)
+        if self.hparams.category_ids is None and data_ids:
+            self.category_ids = list(data_ids)
+            self.hparams.category_ids = self.category_ids
+
+    def _check_image_size(self, image_size: Optional[int]) -> None:
+        """Any size works: the detector pads each batch to a multiple of its coarsest stride."""
+
+    def forward(self, images: List[torch.Tensor]) -> List[Dict[str, torch.Tensor]]:
+        """Detections {boxes (xyxy, input pixels), scores, labels 1..K} per image."""
+        return self.detector(images)
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        images, targets = batch
+        losses = self.detector(images, [{'boxes': t['boxes'], 'labels': t['labels']} for t in targets])
+        loss = sum(losses.values())
+        self.log_dict({f'train/{name}': value for name, value in losses.items()}, batch_size=len(images))
+        self.log('train/loss', loss, prog_bar=True, batch_size=len(images))
+        return loss
+
+    def _evaluate(self, batch, evaluator: DetectionEvaluator) -> Dict[str, Any]:
+        images, targets = batch
+        detections = self(images)
+        evaluator.update(
+            [{**d, 'boxes': to_file_pixels(d['boxes'], t)} for d, t in zip(detections, targets)],
+            [{**t, 'boxes': to_file_pixels(t['boxes'], t)} for t in targets])
+        return {'detections': detections}
+
+    def _log_map(self, evaluator: DetectionEvaluator, stage: str) -> None:
+        figures = evaluator.compute()
+        evaluator.reset()
+        for name, value in figures.items():
+            self.log(f'{stage}/{name}', value, prog_bar=name in ('mAP', 'mAP50'))
+
+    def on_validation_epoch_start(self) -> None:
+        self.val_evaluator.reset()
+
+    def validation_step(self, batch, batch_idx: int) -> Dict[str, Any]:
+        return self._evaluate(batch, self.val_evaluator)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_map(self.val_evaluator, 'val')
+
+    def on_test_epoch_start(self) -> None:
+        self.test_evaluator.reset()
+
+    def test_step(self, batch, batch_idx: int) -> Dict[str, Any]:
+        return self._evaluate(batch, self.test_evaluator)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_map(self.test_evaluator, 'test')
+
+    def predict_step(self, batch, batch_idx: int) -> List[Dict[str, torch.Tensor]]:
+        """Detections in the image files' pixels, with their image ids."""
+        images, targets = batch
+        return [{**d, 'boxes': to_file_pixels(d['boxes'], t), 'image_id': t['image_id']}
+                for d, t in zip(self(images), targets)]
