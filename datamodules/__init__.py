@@ -5,6 +5,8 @@ from .coco import COCODataModule
 from .image_folder import ImageFolderDataModule
 from .mnist_demo import MNISTDemoDataModule
 from .synthetic_scenes import SyntheticScenesDataModule
+from .tree_crowns import TreeCrownsDataModule
 
 __all__ = ['VisionDataModule', 'ImageFolderDataModule', 'MNISTDemoDataModule', 'ADE20KDataModule',
-           'SyntheticScenesDataModule', 'COCODataModule']
+           'SyntheticScenesDataModule', 'COCODataModule',
+           'TreeCrownsDataModule']

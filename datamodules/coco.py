@@ -112,12 +112,11 @@ def load_coco_annotations(path: Path, categories: Optional[List[dict]] = None) -
         if width and height:  # sizes are optional in COCO files; the dataset clips again to the real image
             inside = [min(max(box[0], 0.0), width), min(max(box[1], 0.0), height),
                       min(max(box[2], 0.0), width), min(max(box[3], 0.0), height)]
-            if inside != box:
-                clipped += 1
-                if inside[2] <= inside[0] or inside[3] <= inside[1]:  # wholly outside: nothing left
-                    dropped.append(ann.get('id'))
-                    continue
-                box = inside
+            if inside[2] <= inside[0] or inside[3] <= inside[1]:  # wholly outside: nothing left
+                dropped.append(ann.get('id'))
+                continue
+            clipped += inside != box
+            box = inside
         found[ann['image_id']].append((box, label_of[ann['category_id']], int(bool(ann.get('iscrowd', 0)))))
     if unknown_categories:
         known = ', '.join(f"{c['id']} ({c['name']})" for c in categories[:20])
@@ -259,7 +258,11 @@ class COCODataModule(VisionDataModule):
     ):
         super().__init__(root, batch_size, num_workers, image_size, mean, std)
         self.save_hyperparameters()
+        self.splits = {'train': (train_images, train_annotations), 'val': (val_images, val_annotations)}
         self.predict_images = Path(predict_images).expanduser() if predict_images else None
+        self.keep_resolution, self.large_scale_jitter, self.jitter_scale = \
+            keep_resolution, large_scale_jitter, tuple(jitter_scale)
+        self.hflip, self.vflip = hflip, vflip
         self._annotations: Dict[str, CocoAnnotations] = {}
         if self.check_data_on_init():
             self.check_layout(('train', 'val'))
@@ -271,9 +274,7 @@ class COCODataModule(VisionDataModule):
 
     def split_paths(self, split: str) -> Tuple[Path, Path]:
         """(image folder, annotation file) of 'train' or 'val'."""
-        hp = self.hparams
-        images, annotations = (hp.train_images, hp.train_annotations) if split == 'train' else \
-            (hp.val_images, hp.val_annotations)
+        images, annotations = self.splits[split]
         return self.root / images, self.root / annotations
 
     def missing_data_message(self, missing: Path) -> str:
@@ -330,15 +331,13 @@ class COCODataModule(VisionDataModule):
 
     # ---- datasets --------------------------------------------------------------------------------
     def train_transform(self):
-        hp = self.hparams
         return detection_train_transform(
-            self.image_size, self.mean, self.std, keep_resolution=hp.keep_resolution,
-            large_scale_jitter=hp.large_scale_jitter, jitter_scale=tuple(hp.jitter_scale), hflip=hp.hflip,
-            vflip=hp.vflip)
+            self.image_size, self.mean, self.std, keep_resolution=self.keep_resolution,
+            large_scale_jitter=self.large_scale_jitter, jitter_scale=self.jitter_scale, hflip=self.hflip,
+            vflip=self.vflip)
 
     def eval_transform(self):
-        return detection_eval_transform(None if self.hparams.keep_resolution else self.image_size,
-                                        self.mean, self.std)
+        return detection_eval_transform(None if self.keep_resolution else self.image_size, self.mean, self.std)
 
     def _dataset(self, split: str, train: bool) -> CocoDetection:
         transform = self.train_transform() if train else self.eval_transform()

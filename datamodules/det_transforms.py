@@ -15,10 +15,10 @@ BOX_FIELDS = ['labels', 'iscrowd']
 
 
 def _compose(transforms: list, mean: Sequence[float], std: Sequence[float], min_visibility: float = 0.0):
-    return A.Compose(
-        transforms + [A.Normalize(mean=mean, std=std), ToTensorV2()],
-        bbox_params=A.BboxParams(format='pascal_voc', label_fields=BOX_FIELDS, min_visibility=min_visibility,
-                                 clip=True, filter_invalid_bboxes=True))
+    """``transforms`` then normalisation; without geometric transforms boxes pass through untouched."""
+    bbox_params = A.BboxParams(format='pascal_voc', label_fields=BOX_FIELDS, min_visibility=min_visibility,
+                               clip=True, filter_invalid_bboxes=True) if transforms else None
+    return A.Compose(transforms + [A.Normalize(mean=mean, std=std), ToTensorV2()], bbox_params=bbox_params)
 
 
 def detection_train_transform(

@@ -114,9 +114,13 @@ class PreparedImagesTransform(GeneralizedRCNNTransform):
 DETECTORS = {'faster_rcnn': FasterRCNN, 'retinanet': RetinaNet, 'fcos': FCOS}
 
 
+DETECTIONS_PER_IMAGE = {'faster_rcnn': 'box_detections_per_img', 'retinanet': 'detections_per_img',
+                        'fcos': 'detections_per_img'}
+
+
 def create_detector(
         name: str, backbone: nn.Module, num_classes: int, pyramid_channels: int = 256,
-        anchor_sizes: Optional[Sequence[int]] = None, **kwargs) -> nn.Module:
+        anchor_sizes: Optional[Sequence[int]] = None, detections_per_image: int = 100, **kwargs) -> nn.Module:
     """A torchvision detector on a simple feature pyramid over ``backbone`` (a timm features_only model).
 
     Args:
@@ -124,10 +128,12 @@ def create_detector(
         num_classes: object categories; labels run 1..num_classes, 0 is background (torchvision's convention).
         anchor_sizes: one base size per pyramid level, fine to coarse (default: torchvision's, 32..512,
             8..128 for FCOS); aspect ratios 0.5, 1, 2 (RetinaNet: also 3 octave scales per level).
-        **kwargs: the torchvision detector's own options (box_score_thresh, detections_per_img, ...).
+        detections_per_image: most detections kept per image (torchvision's default 100).
+        **kwargs: the torchvision detector's own options (box_score_thresh, nms_thresh, ...).
     """
     if name not in DETECTORS:
         raise ValueError(f"unknown detector {name!r}; choose one of {sorted(DETECTORS)}")
+    kwargs[DETECTIONS_PER_IMAGE[name]] = detections_per_image
     pyramid = SimpleFeaturePyramid(backbone, out_channels=pyramid_channels)
     if anchor_sizes is not None:
         kwargs['anchor_generator'] = _anchor_generator(name, anchor_sizes)

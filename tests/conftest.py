@@ -1,3 +1,4 @@
+import json
 import os
 import zlib
 from pathlib import Path
@@ -36,4 +37,42 @@ def image_folder(tmp_path) -> Path:
                 write_image(root / split / name / f'{i}.png', color)
     write_image(root / 'train' / 'red' / 'gray.png', COLORS['red'], mode='L')
     write_image(root / 'train' / 'green' / 'alpha.png', COLORS['green'], mode='RGBA')
+    return root
+
+
+# COCO-format detection data: bright squares (category 3) and bars (category 7) on dark noise.
+COCO_CATEGORIES = [{'id': 3, 'name': 'square'}, {'id': 7, 'name': 'bar'}]
+SHAPES = {3: ((20, 20), (230, 50, 50)), 7: ((36, 12), (50, 60, 230))}
+
+
+def write_coco(root: Path, split: str, num_images: int, seed: int = 0, extra_annotations=(), **json_overrides):
+    """root/<split>/*.jpg and root/annotations/instances_<split>.json; returns the JSON dict."""
+    rng = np.random.default_rng(seed)
+    images, annotations = [], []
+    (root / split).mkdir(parents=True, exist_ok=True)
+    for i in range(num_images):
+        width, height = int(rng.integers(90, 140)), int(rng.integers(90, 140))
+        pixels = rng.integers(0, 60, (height, width, 3)).astype(np.uint8)
+        for k in range(int(rng.integers(1, 4))):
+            category = COCO_CATEGORIES[k % 2]['id']
+            (w, h), color = SHAPES[category]
+            x, y = int(rng.integers(0, width - w)), int(rng.integers(0, height - h))
+            pixels[y:y + h, x:x + w] = color
+            annotations.append({'id': len(annotations) + 1, 'image_id': 1000 + i, 'category_id': category,
+                                'bbox': [x, y, w, h], 'area': w * h, 'iscrowd': 0})
+        Image.fromarray(pixels).save(root / split / f'{i:04d}.jpg')
+        images.append({'id': 1000 + i, 'file_name': f'{i:04d}.jpg', 'width': width, 'height': height})
+    data = {'images': images, 'annotations': annotations + list(extra_annotations),
+            'categories': COCO_CATEGORIES, **json_overrides}
+    (root / 'annotations').mkdir(exist_ok=True)
+    (root / 'annotations' / f'instances_{split}.json').write_text(json.dumps(data))
+    return data
+
+
+@pytest.fixture
+def coco_folder(tmp_path) -> Path:
+    """A small COCO-2017-layout folder: 8 training and 4 validation images."""
+    root = tmp_path / 'coco'
+    write_coco(root, 'train2017', 8, seed=0)
+    write_coco(root, 'val2017', 4, seed=1)
     return root

@@ -16,7 +16,7 @@ from torchmetrics.detection import MeanAveragePrecision
 # torchmetrics key -> logged name
 MAP_KEYS = {
     'map': 'mAP', 'map_50': 'mAP50', 'map_75': 'mAP75', 'map_small': 'mAP_small', 'map_medium': 'mAP_medium',
-    'map_large': 'mAP_large', 'mar_100': 'mAR100',
+    'map_large': 'mAP_large',
 }
 
 
@@ -34,10 +34,13 @@ class DetectionEvaluator:
 
     Args:
         backend: 'pycocotools' or 'faster_coco_eval' (torchmetrics' MeanAveragePrecision backends).
+        max_detections: detections per image that count (COCO: 100; more for crowded scenes).
+            'mAR' is the recall at this many.
     """
 
-    def __init__(self, backend: str = 'pycocotools'):
+    def __init__(self, backend: str = 'pycocotools', max_detections: int = 100):
         self.backend = backend
+        self.max_detections = max_detections
         self.results: Dict[int, tuple] = {}
 
     def reset(self) -> None:
@@ -69,11 +72,13 @@ class DetectionEvaluator:
         return figures[0]
 
     def _map(self, results: Dict[int, tuple]) -> Dict[str, float]:
+        keys = {**MAP_KEYS, f'mar_{self.max_detections}': 'mAR'}
         if not results:
-            return {name: float('nan') for name in MAP_KEYS.values()}
-        metric = MeanAveragePrecision(box_format='xyxy', iou_type='bbox', backend=self.backend,
-                                      sync_on_compute=False)
+            return {name: float('nan') for name in keys.values()}
+        metric = MeanAveragePrecision(
+            box_format='xyxy', iou_type='bbox', backend=self.backend, sync_on_compute=False,
+            max_detection_thresholds=[1, 10, self.max_detections])
         image_ids = sorted(results)
         metric.update([results[i][0] for i in image_ids], [results[i][1] for i in image_ids])
         values = metric.compute()
-        return {name: float(values[key]) for key, name in MAP_KEYS.items()}
+        return {name: float(values[key]) for key, name in keys.items()}

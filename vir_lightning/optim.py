@@ -1,16 +1,16 @@
-"""AdamW with (optional) layer-wise learning-rate decay and a warm-up + cosine/poly schedule.
+"""AdamW with (optional) layer-wise learning-rate decay and a warm-up + cosine/poly/step schedule.
 
 Built from timm's parameter-group and scheduler helpers: layer decay follows the backbone's
 ``group_matcher``, no weight decay on biases, norms and ``no_weight_decay()`` parameters.
 Schedules are stepped per optimizer step, so warm-up and decay are expressed in steps.
 """
-from typing import Iterable, List, Optional
+from typing import Iterable, List, Optional, Sequence
 
 import torch.nn as nn
 from timm.optim import create_optimizer_v2, param_groups_layer_decay, param_groups_weight_decay
-from timm.scheduler import CosineLRScheduler, PolyLRScheduler
+from timm.scheduler import CosineLRScheduler, MultiStepLRScheduler, PolyLRScheduler
 
-SCHEDULES = ('cosine', 'poly')
+SCHEDULES = ('cosine', 'poly', 'step')
 
 
 def param_groups(
@@ -38,12 +38,23 @@ def build_optimizer(groups: List[dict], lr: float, weight_decay: float, opt: str
 
 def build_scheduler(
         optimizer, schedule: str, total_steps: int, warmup_steps: int, min_lr: float, warmup_lr: float = 1e-6,
-        power: float = 1.0,
+        power: float = 1.0, milestones: Sequence[float] = (0.889, 0.963), gamma: float = 0.1,
 ):
-    """A timm scheduler to step with ``step_update(global_step)``; warm-up comes before the decay."""
+    """A timm scheduler to step with ``step_update(global_step)``; warm-up comes before the decay.
+
+    'step' multiplies the lr by ``gamma`` at each of ``milestones`` (fractions of all steps; the
+    default is the ViTDet / Detectron2 schedule, decays at 88.9% and 96.3%).
+    """
     if schedule not in SCHEDULES:
         raise ValueError(f"unknown lr schedule {schedule!r}; choose one of {SCHEDULES}")
     warmup_steps = max(0, min(int(warmup_steps), total_steps - 1))
+    if schedule == 'step':
+        if not all(0 < m < 1 for m in milestones):
+            raise ValueError(f"step milestones are fractions of the schedule in (0, 1), got {list(milestones)}")
+        # timm decays once t + 1 reaches a milestone, t counted after the warm-up
+        decay_t = [max(1, round(m * total_steps) - warmup_steps + 1) for m in sorted(milestones)]
+        return MultiStepLRScheduler(optimizer, decay_t=decay_t, decay_rate=gamma, warmup_t=warmup_steps,
+                                    warmup_lr_init=warmup_lr, warmup_prefix=True, t_in_epochs=False)
     kwargs = dict(
         t_initial=max(1, total_steps - warmup_steps), lr_min=min_lr, warmup_t=warmup_steps,
         warmup_lr_init=warmup_lr, warmup_prefix=True, t_in_epochs=False,

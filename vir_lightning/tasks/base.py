@@ -1,6 +1,6 @@
 """What every task shares: a timm backbone by name, the optimiser and schedule, class-count checks."""
 import math
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 import lightning as L
 import torch
@@ -17,7 +17,9 @@ class VisionTask(L.LightningModule):
         lr: peak learning rate (after warm-up).
         weight_decay: AdamW weight decay (not applied to biases, norms, position embeddings).
         layer_decay: layer-wise lr decay over the backbone blocks (None: off).
-        schedule: 'cosine' or 'poly' decay after warm-up, stepped every optimizer step.
+        schedule: 'cosine', 'poly' or 'step' decay after warm-up, stepped every optimizer step.
+        step_milestones, step_gamma: the 'step' schedule multiplies the lr by step_gamma at these
+            fractions of the run (default: ViTDet's 88.9% and 96.3%).
         warmup_steps, warmup_epochs: linear warm-up length, in optimizer steps plus epochs
             (mmseg recipes count iterations, ImageNet recipes epochs).
         min_lr: learning rate at the end of the schedule.
@@ -32,6 +34,8 @@ class VisionTask(L.LightningModule):
             weight_decay: float = 0.05,
             layer_decay: Optional[float] = None,
             schedule: str = 'cosine',
+            step_milestones: Sequence[float] = (0.889, 0.963),
+            step_gamma: float = 0.1,
             warmup_steps: int = 0,
             warmup_epochs: float = 0.0,
             min_lr: float = 1e-6,
@@ -101,7 +105,11 @@ class VisionTask(L.LightningModule):
         total = int(total)
         steps_per_epoch = total / self.trainer.max_epochs if (self.trainer.max_epochs or -1) > 0 else 0
         warmup = hp.warmup_steps + round(hp.warmup_epochs * steps_per_epoch)
-        scheduler = build_scheduler(optimizer, hp.schedule, total, warmup, hp.min_lr)
+        try:
+            scheduler = build_scheduler(optimizer, hp.schedule, total, warmup, hp.min_lr,
+                                        milestones=hp.step_milestones, gamma=hp.step_gamma)
+        except ValueError as error:
+            raise UserError(f"--model.schedule / --model.step_milestones: {error}") from error
         return {'optimizer': optimizer, 'lr_scheduler': {'scheduler': scheduler, 'interval': 'step'}}
 
     def lr_scheduler_step(self, scheduler, metric) -> None:

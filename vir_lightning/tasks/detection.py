@@ -29,6 +29,8 @@ class DetectionTask(VisionTask):
             constructor (box_score_thresh, box_detections_per_img, score_thresh, ...).
         pyramid_channels: channels of every pyramid level (256 in ViTDet).
         anchor_sizes: one base anchor size per level (5, fine to coarse); None: torchvision's.
+        detections_per_image: most detections per image, kept by the detector and counted by mAP
+            (COCO: 100; raise it for scenes with more objects).
         num_classes, class_names: linked from the DataModule by the CLI (labels 1..num_classes).
         category_ids: the dataset's category id of each label, for written predictions; taken
             from the DataModule at setup when not given (and then saved with the checkpoint).
@@ -45,6 +47,7 @@ class DetectionTask(VisionTask):
             detector_kwargs: Optional[Dict[str, Any]] = None,
             pyramid_channels: int = 256,
             anchor_sizes: Optional[Sequence[int]] = None,
+            detections_per_image: int = 100,
             num_classes: int = 80,
             class_names: Optional[List[str]] = None,
             category_ids: Optional[List[int]] = None,
@@ -60,11 +63,11 @@ class DetectionTask(VisionTask):
         body = create_backbone(backbone, backbone_kwargs, features_only=True, out_indices=(-1,))
         try:
             self.detector = create_detector(detector, body, num_classes, pyramid_channels, anchor_sizes,
-                                            **(detector_kwargs or {}))
+                                            detections_per_image, **(detector_kwargs or {}))
         except (ValueError, TypeError) as error:
             raise UserError(f"--model.detector / --model.detector_kwargs / --model.anchor_sizes: {error}") from error
-        self.val_evaluator = DetectionEvaluator(map_backend)
-        self.test_evaluator = DetectionEvaluator(map_backend)
+        self.val_evaluator = DetectionEvaluator(map_backend, detections_per_image)
+        self.test_evaluator = DetectionEvaluator(map_backend, detections_per_image)
 
     @property
     def backbone(self) -> torch.nn.Module:
