@@ -366,3 +366,9 @@ class COCODataModule(VisionDataModule):
 
     def collate_fn(self):
         return collate_detection
+
+    @property
+    def eval_batch_size(self) -> int:
+        """One image per device, as Detectron2 evaluates: a batch pads its images to a common size, and
+        with global token mixing the padding would change the detections of the smaller images."""
+        return 1

@@ -8,6 +8,7 @@ multi-input FPN, hence this module. The output is the OrderedDict with ``out_cha
 torchvision's FasterRCNN / RetinaNet / FCOS expect (keys '0'..'3' and 'pool').
 ``create_detector`` puts one of those detectors on top.
 """
+import math
 from collections import OrderedDict
 from typing import Optional, Sequence
 
@@ -18,6 +19,8 @@ from timm.layers import LayerNorm2d
 from torchvision.models.detection import FCOS, FasterRCNN, RetinaNet
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
+from torchvision.ops import MultiScaleRoIAlign
+from torchvision.ops.poolers import initLevelMapper
 
 NUM_LEVELS = 5  # four pyramid scales + the pooled level
 
@@ -53,7 +56,9 @@ class SimpleFeaturePyramid(nn.Module):
         super().__init__()
         self.body = backbone
         channels = backbone.feature_info.channels()[-1]
-        self.max_stride = round(backbone.feature_info.reduction()[-1] / min(scales)) * 2  # the pooled level's
+        patch = backbone.feature_info.reduction()[-1]
+        self.strides = [patch / s for s in scales] + [2 * patch / min(scales)]  # the levels' strides, 'pool' last
+        self.max_stride = round(self.strides[-1])
         self.out_channels = out_channels
         self.rescales = nn.ModuleList(_rescale(channels, s) for s in scales)
         self.outputs = nn.ModuleList(nn.Sequential(
@@ -139,9 +144,23 @@ def create_detector(
         kwargs['anchor_generator'] = _anchor_generator(name, anchor_sizes)
     detector = DETECTORS[name](pyramid, num_classes=num_classes + 1, **kwargs)
     detector.transform = PreparedImagesTransform(size_divisible=pyramid.max_stride)
+    if name == 'faster_rcnn':
+        _fix_roi_pool_scales(detector.roi_heads.box_roi_pool, pyramid.strides[:-1])
     for head in ('rpn', 'roi_heads') if name == 'faster_rcnn' else ('head',):
         setattr(detector, head, FullPrecision(getattr(detector, head)))
     return detector
+
+
+def _fix_roi_pool_scales(pool: MultiScaleRoIAlign, strides: Sequence[float]) -> None:
+    """Set the RoI pooler's level scales from the pyramid's known strides.
+
+    Left unset, torchvision infers them once, from the first batch's unpadded image height, and
+    caches them: a first batch of short, heavily padded images (e.g. 65 px high padded to 96)
+    rounds to the wrong power of two, and every later result depends on which batch came first.
+    """
+    pool.scales = [1.0 / s for s in strides]
+    pool.map_levels = initLevelMapper(round(math.log2(strides[0])), round(math.log2(strides[-1])),
+                                      canonical_scale=pool.canonical_scale, canonical_level=pool.canonical_level)
 
 
 def _anchor_generator(name: str, sizes: Sequence[int]) -> AnchorGenerator:

@@ -51,3 +51,21 @@ def test_ddp_preset_composes_with_a_task_config(image_folder, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert 'distributed_backend=gloo' in result.stderr + result.stdout
     assert (tmp_path / 'runs' / 'cls_demo' / 'version_0' / 'checkpoints' / 'last.ckpt').is_file()
+
+
+def test_ddp_detection_map_counts_each_image_once(coco_folder, tmp_path):
+    """3 validation images on 2 ranks: the sampler repeats one; mAP must equal one process's."""
+    from conftest import write_coco
+    from datamodules import COCODataModule
+    from vir_lightning.tasks import DetectionTask
+
+    write_coco(coco_folder, 'val2017', 3, seed=1)
+    L.seed_everything(0)
+    dm = COCODataModule(root=str(coco_folder), batch_size=2, num_workers=0, image_size=96)
+    task = DetectionTask(backbone='vir_tiny_patch16_224', backbone_kwargs=dict(TINY_VIR, img_size=96),
+                         pyramid_channels=16, num_classes=2, detector_kwargs={'box_score_thresh': 0.0})
+    _trainer(tmp_path, 2, max_steps=3, limit_val_batches=0).fit(task, dm)
+    two = _trainer(tmp_path, 2).validate(task, dm, verbose=False)[0]
+    one = _trainer(tmp_path, 1).validate(task, dm, verbose=False)[0]
+    assert two['val/mAP50'] == pytest.approx(one['val/mAP50'], abs=1e-6)
+    assert two['val/mAR'] == pytest.approx(one['val/mAR'], abs=1e-6) and one['val/mAR'] > 0

@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import timm
 import torch
@@ -37,3 +39,20 @@ def test_torchvision_detectors_train_and_predict_on_the_pyramid(detector):
     with torch.no_grad():
         detections = model(images)
     assert len(detections) == 2 and {'boxes', 'labels', 'scores'} <= set(detections[0])
+
+
+def test_faster_rcnn_results_do_not_depend_on_the_first_batch():
+    """torchvision's RoI pooler would infer its level scales from the first batch and keep them."""
+    from heads import create_detector
+    torch.manual_seed(0)
+    backbone = timm.create_model('vir_tiny_patch16_224', features_only=True, out_indices=(-1,), **TINY)
+    detector = create_detector('faster_rcnn', backbone, num_classes=2, pyramid_channels=16,
+                               box_score_thresh=0.0).eval()
+    other_order = copy.deepcopy(detector)
+    short, tall = torch.randn(3, 65, 128), torch.randn(3, 128, 120)  # the short one is padded to 128 x 128
+    with torch.no_grad():
+        detector([short])
+        after_short = detector([tall])[0]['scores']
+        first = other_order([tall])[0]['scores']
+    assert detector.roi_heads.box_roi_pool.scales == [1 / 4, 1 / 8, 1 / 16, 1 / 32]
+    assert torch.equal(first, after_short)

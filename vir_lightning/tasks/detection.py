@@ -1,4 +1,5 @@
 """Object detection: a timm backbone's last map, a simple feature pyramid and a torchvision detector."""
+import importlib.util
 from typing import Any, Dict, List, Optional, Sequence
 
 import torch
@@ -58,6 +59,9 @@ class DetectionTask(VisionTask):
         super().__init__(num_classes, **kwargs)
         if map_backend not in MAP_BACKENDS:
             raise UserError(f"--model.map_backend must be one of {MAP_BACKENDS}, got {map_backend!r}")
+        if importlib.util.find_spec(map_backend) is None:
+            raise UserError(f"--model.map_backend {map_backend} is not installed: "
+                            f"pip install {map_backend.replace('_', '-')}")
         self.class_names = list(class_names) if class_names else [str(i) for i in range(1, num_classes + 1)]
         self.category_ids = list(category_ids) if category_ids else list(range(1, num_classes + 1))
         body = create_backbone(backbone, backbone_kwargs, features_only=True, out_indices=(-1,))
@@ -107,8 +111,8 @@ class DetectionTask(VisionTask):
     def _log_map(self, evaluator: DetectionEvaluator, stage: str) -> None:
         figures = evaluator.compute()
         evaluator.reset()
-        for name, value in figures.items():
-            self.log(f'{stage}/{name}', value, prog_bar=name in ('mAP', 'mAP50'))
+        for name, value in figures.items():  # equal on every rank: syncing averages equal values
+            self.log(f'{stage}/{name}', value, prog_bar=name in ('mAP', 'mAP50'), sync_dist=True)
 
     def on_validation_epoch_start(self) -> None:
         self.val_evaluator.reset()
