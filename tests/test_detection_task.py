@@ -146,3 +146,14 @@ def test_chunkwise_inference_gives_the_training_forms_detections(coco_folder):
         chunkwise = model(images)[0]
     assert torch.allclose(parallel['boxes'], chunkwise['boxes'], atol=1e-3)
     assert torch.allclose(parallel['scores'], chunkwise['scores'], atol=1e-4)
+
+
+def test_map_at_a_raised_detection_limit_matches_coco_at_100():
+    """With at most 100 detections the limit changes nothing: mAP must equal COCO's own summary."""
+    samples = [_sample(1, _box(0, 0, 10, 10)), _sample(2, _box(0, 0, 10, 7.8)), _sample(3, _box(40, 40, 50, 50))]
+    figures = {}
+    for limit in (100, 500):
+        evaluator = DetectionEvaluator(max_detections=limit)
+        evaluator.update([d for d, _ in samples], [t for _, t in samples])
+        figures[limit] = evaluator.compute()
+    assert figures[100] == figures[500] and figures[500]['mAP'] == pytest.approx((1 + 0.6 + 0) / 3, abs=0.01)

@@ -77,8 +77,13 @@ class DetectionEvaluator:
             return {name: float('nan') for name in keys.values()}
         metric = MeanAveragePrecision(
             box_format='xyxy', iou_type='bbox', backend=self.backend, sync_on_compute=False,
-            max_detection_thresholds=[1, 10, self.max_detections])
+            max_detection_thresholds=[1, 10, self.max_detections], extended_summary=True)
         image_ids = sorted(results)
         metric.update([results[i][0] for i in image_ids], [results[i][1] for i in image_ids])
         values = metric.compute()
-        return {name: float(values[key]) for key, name in keys.items()}
+        figures = {name: float(values[key]) for key, name in keys.items()}
+        # COCO's summary takes mAP at exactly 100 detections (-1 for any other limit): recompute it from
+        # the precision table [IoU, recall, class, area, max detections] at our limit, as COCO does at 100
+        precision = values['precision'][:, :, :, 0, -1]
+        figures['mAP'] = float(precision[precision > -1].mean()) if (precision > -1).any() else -1.0
+        return figures
