@@ -331,3 +331,80 @@ def test_empty_sequence(mode, direction):
     q = torch.randn(2, 3, 0, 4)
     out = retention(q, q, torch.randn(2, 3, 0, 5), torch.tensor([-0.1] * 3), mode=mode, direction=direction)
     assert out.shape == (2, 3, 0, 5)
+
+
+# ----------------------------------------------------------------------------------------------
+# memory: the linear-cost form never builds an N x N tensor, forward or backward
+
+
+class _LargestTensor(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records the largest tensor any operation returns."""
+
+    def __init__(self):
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in torch.utils._pytree.tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                self.largest = max(self.largest, t.numel())
+        return out
+
+
+@pytest.mark.parametrize('direction', DIRECTIONS)
+@pytest.mark.parametrize('mode', ['chunkwise', 'parallel'])
+def test_chunkwise_never_forms_an_n_by_n_tensor(mode, direction):
+    n = 2048
+    q, k, v = (torch.randn(1, 1, n, 4, requires_grad=True) for _ in range(3))
+    with _LargestTensor() as probe:
+        retention(q, k, v, torch.tensor([-0.05]), mode=mode, direction=direction, chunk_size=64).sum().backward()
+    if mode == 'parallel':
+        assert probe.largest >= n * n  # the probe sees the score matrix when there is one
+    else:
+        assert probe.largest <= n * 64
+
+
+# ----------------------------------------------------------------------------------------------
+# kernels
+
+
+def test_unknown_kernel_and_fla_without_cuda_raise_clearly():
+    q = torch.randn(1, 1, 8, 4)
+    with pytest.raises(ValueError, match='kernel'):
+        retention(q, q, q, torch.tensor([-0.1]), mode='chunkwise', kernel='triton')
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match=r"pip install '\.\[gpu\]'"):
+            retention(q, q, q, torch.tensor([-0.1]), mode='chunkwise', kernel='fla')
+    # 'auto' falls back to the PyTorch form wherever fla cannot run
+    auto = retention(q, q, q, torch.tensor([-0.1]), mode='chunkwise', kernel='auto')
+    assert torch.equal(auto, retention(q, q, q, torch.tensor([-0.1]), mode='chunkwise', kernel='torch'))
+
+
+def _fla_ready() -> bool:
+    from vir_lightning.retention_fla import fla_available
+    return fla_available()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
+@pytest.mark.skipif(torch.cuda.is_available() and not _fla_ready(), reason="needs flash-linear-attention ('.[gpu]')")
+@pytest.mark.parametrize('direction', DIRECTIONS)
+def test_fla_kernel_matches_the_pytorch_form_in_bf16_with_gradients(direction):
+    g = torch.Generator(device='cuda').manual_seed(0)
+    shape = (2, 4, 1000, 64)  # not a multiple of fla's chunk
+    q, k, v = (torch.randn(shape, device='cuda', generator=g, dtype=torch.bfloat16) for _ in range(3))
+    q = (q * 64 ** -0.5).requires_grad_()
+    k.requires_grad_()
+    v.requires_grad_()
+    log_decay = torch.tensor(decay_schedule('vir', 4), device='cuda')
+    outputs, grads = {}, {}
+    for kernel in ('fla', 'torch'):
+        out = retention(q, k, v, log_decay, mode='chunkwise', direction=direction, kernel=kernel)
+        out.float().pow(2).mean().backward()
+        outputs[kernel], grads[kernel] = out.float(), [t.grad.float().clone() for t in (q, k, v)]
+        for t in (q, k, v):
+            t.grad = None
+    scale = outputs['torch'].abs().max()
+    assert (outputs['fla'] - outputs['torch']).abs().max() <= 0.02 * scale
+    for a, b in zip(grads['fla'], grads['torch']):
+        assert (a - b).abs().max() <= 0.05 * b.abs().max()

@@ -588,3 +588,20 @@ def test_bf16_model_keeps_float32_decay(tiny_state, tiny):
                 out_ac = tiny_ac(x)
             assert torch.isfinite(out_ac).all()
             assert rel(out_ac) < 5e-2, mode
+
+
+def test_without_position_embedding(vit_ckpt):
+    """pos_embed='none' (timm's ViT option): no position term at all, and ViT checkpoints still load."""
+    vit, path = vit_ckpt
+    vir = timm.create_model(TINY, pretrained=True, pos_embed='none', num_classes=10,
+                            pretrained_cfg_overlay=dict(file=str(path), num_classes=10)).eval()
+    assert vir.pos_embed is None and 'pos_embed' not in vir.state_dict()
+    with_zero_positions = timm.create_model(TINY, pretrained=True, num_classes=10,
+                                            pretrained_cfg_overlay=dict(file=str(path), num_classes=10)).eval()
+    with torch.no_grad():
+        with_zero_positions.pos_embed.zero_()
+        image = _image(64, 96)
+        assert torch.equal(vir(image), with_zero_positions(image))
+    assert torch.equal(vir.blocks[0].retention.qkv.weight, vit.blocks[0].attn.qkv.weight)
+    with pytest.raises(ValueError, match='pos_embed'):
+        timm.create_model(TINY, pos_embed='sincos')

@@ -15,8 +15,9 @@ Three forms compute the same numbers:
 * ``chunkwise``: parallel inside chunks of ``chunk_size`` tokens, recurrent across chunks;
   O(N C d) time, no N x N tensor. The form for high resolution.
 
-Bidirectional retention is computed exactly from two causal passes (forward, and backward on the
-flipped sequence) minus the diagonal term that both count.
+Bidirectional retention is exact: chunkwise, in one pass (symmetric decay inside chunks, a forward
+and a backward scan over chunk states); recurrent, as two causal passes (forward, and backward on
+the flipped sequence) minus the diagonal term that both count.
 
 Decay powers are always formed in float32 (or float64 for float64 inputs) and only from
 non-positive exponents, so they neither round to 1.0 under bf16 autocast nor overflow at long
@@ -31,6 +32,7 @@ import torch.nn.functional as F
 RETENTION_MODES = ('parallel', 'recurrent', 'chunkwise')
 DIRECTIONS = ('causal', 'bidirectional')
 DECAY_SCHEDULES = ('vir', 'retnet')
+KERNELS = ('auto', 'torch', 'fla')
 
 
 def decay_schedule(name: str, num_heads: int) -> List[float]:
@@ -52,7 +54,9 @@ def decay_schedule(name: str, num_heads: int) -> List[float]:
     return [math.log1p(-r) for r in rates]
 
 
-def _check_args(mode: str, direction: str, chunk_size: int) -> None:
+def _check_args(mode: str, direction: str, chunk_size: int, kernel: str = 'auto') -> None:
+    if kernel not in KERNELS:
+        raise ValueError(f"unknown retention kernel {kernel!r}; choose one of {KERNELS}")
     if mode not in RETENTION_MODES:
         raise ValueError(f"unknown retention mode {mode!r}; choose one of {RETENTION_MODES}")
     if direction not in DIRECTIONS:
@@ -144,6 +148,61 @@ def _chunkwise_causal(
     return out.reshape(b, h, num_chunks * c, dv)[:, :, :n]
 
 
+def _chunkwise_bidirectional(
+        q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_decay: torch.Tensor, chunk_size: int,
+) -> torch.Tensor:
+    """Two-sided retention in one pass: symmetric decay gamma^|i-j| inside each chunk (one batched
+    matmul for both directions, diagonal counted once), plus a forward scan over the states of the
+    chunks before and a backward scan over those after. Half the inner work of two causal passes,
+    and no flipped copies."""
+    b, h, n, d = q.shape
+    dv = v.shape[-1]
+    c = min(chunk_size, n)
+    num_chunks = -(-n // c)
+    pad = num_chunks * c - n
+    if pad:  # zero keys/values after the last token contribute nothing to any real token
+        q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
+    q = q.reshape(b, h, num_chunks, c, d)
+    k = k.reshape(b, h, num_chunks, c, d)
+    v = v.reshape(b, h, num_chunks, c, dv)
+
+    state_dtype = _decay_dtype(q)
+    pos = torch.arange(c, device=q.device, dtype=state_dtype)
+    inner_decay = _decay_pow(log_decay, (pos[:, None] - pos[None, :]).abs())[:, None]  # [H, 1, C, C]
+    inner = ((q @ k.transpose(-1, -2)) * inner_decay).to(v.dtype) @ v
+
+    with _full_precision(q):
+        k32, v32 = k.to(state_dtype), v.to(state_dtype)
+        # what chunk i hands to later chunks (keys decayed to its last token) and to earlier ones (to its first)
+        to_later = (k32 * _decay_pow(log_decay, c - 1 - pos)[:, None, :, None]).transpose(-1, -2) @ v32
+        to_earlier = (k32 * _decay_pow(log_decay, pos)[:, None, :, None]).transpose(-1, -2) @ v32
+        chunk_decay = torch.exp(log_decay * c).view(1, h, 1, 1)
+        zero = to_later.new_zeros(b, h, d, dv)
+        before, after = [zero], [zero]
+        for i in range(num_chunks - 1):
+            before.append(chunk_decay * before[-1] + to_later[:, :, i])
+            after.append(chunk_decay * after[-1] + to_earlier[:, :, num_chunks - 1 - i])
+        states = torch.cat([torch.stack(before, dim=2), torch.stack(after[::-1], dim=2)], dim=-2)  # [.., 2d, dv]
+        # token j is j + 1 steps past the state before its chunk and c - j steps before the one after it
+        queries = torch.cat([q.to(state_dtype) * _decay_pow(log_decay, pos + 1)[:, None, :, None],
+                             q.to(state_dtype) * _decay_pow(log_decay, c - pos)[:, None, :, None]], dim=-1)
+        cross = queries @ states
+    out = (inner + cross).to(torch.promote_types(q.dtype, v.dtype))
+    return out.reshape(b, h, num_chunks * c, dv)[:, :, :n]
+
+
+def _use_fla(kernel: str, q: torch.Tensor) -> bool:
+    if kernel == 'torch':
+        return False
+    from .retention_fla import fla_available
+    usable = fla_available() and q.is_cuda and q.dtype != torch.float64
+    if kernel == 'fla' and not usable:
+        raise RuntimeError(
+            "retention kernel 'fla' needs flash-linear-attention (pip install '.[gpu]') and CUDA tensors in "
+            "float32, bfloat16 or float16; use kernel 'auto' to fall back to the PyTorch form elsewhere")
+    return usable
+
+
 def _bidirectional(causal_fn, q, k, v, *args):
     """Exact two-sided retention: forward pass + flipped backward pass - the doubled diagonal."""
     forward = causal_fn(q, k, v, *args)
@@ -160,21 +219,27 @@ def retention(
         mode: str = 'parallel',
         direction: str = 'causal',
         chunk_size: int = 64,
+        kernel: str = 'auto',
 ) -> torch.Tensor:
     """Multi-head retention of q, k [B, H, N, d] and v [B, H, N, dv] with per-head ``log_decay`` [H].
 
-    ``q`` must already carry the d^-1/2 scale. Returns [B, H, N, dv].
+    ``q`` must already carry the d^-1/2 scale. Returns [B, H, N, dv]. ``kernel`` picks the chunkwise
+    implementation: 'fla' (flash-linear-attention's Triton kernels, CUDA only), 'torch' (the
+    pure-PyTorch form here), or 'auto' (fla for CUDA tensors when installed, torch otherwise).
     """
-    _check_args(mode, direction, chunk_size)
+    _check_args(mode, direction, chunk_size, kernel)
     if q.shape[-2] == 0:
         return v.new_zeros(v.shape)
     log_decay = log_decay.to(device=q.device, dtype=_decay_dtype(q))
+    if mode == 'chunkwise' and _use_fla(kernel, q):
+        from .retention_fla import retention_fla
+        return retention_fla(q, k, v, log_decay, direction)
     if mode == 'parallel':
         return retention_parallel(q, k, v, log_decay, direction)
     if mode == 'recurrent':
-        fn, extra = _recurrent_causal, ()
-    else:
-        fn, extra = _chunkwise_causal, (chunk_size,)
+        if direction == 'causal':
+            return _recurrent_causal(q, k, v, log_decay)
+        return _bidirectional(_recurrent_causal, q, k, v, log_decay)
     if direction == 'causal':
-        return fn(q, k, v, log_decay, *extra)
-    return _bidirectional(fn, q, k, v, log_decay, *extra)
+        return _chunkwise_causal(q, k, v, log_decay, chunk_size)
+    return _chunkwise_bidirectional(q, k, v, log_decay, chunk_size)

@@ -34,11 +34,13 @@ from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint, named_apply
 from timm.models.vision_transformer import init_weights_vit_timm
 
-from .retention import DECAY_SCHEDULES, DIRECTIONS, RETENTION_MODES, decay_schedule, retention
+from .retention import DECAY_SCHEDULES, DIRECTIONS, KERNELS, RETENTION_MODES, decay_schedule, retention
 
 __all__ = ['VisionRetentionNetwork', 'Retention', 'RetentionBlock']
 
 _logger = logging.getLogger(__name__)
+
+POS_EMBEDS = ('learn', 'none')
 
 
 class Retention(nn.Module):
@@ -55,6 +57,7 @@ class Retention(nn.Module):
             decay: str = 'vir',
             head_norm: bool = True,
             proj_drop: float = 0.,
+            kernel: str = 'auto',
     ):
         super().__init__()
         if dim % num_heads:
@@ -68,7 +71,7 @@ class Retention(nn.Module):
         self.decay = decay
         self.log_decay = tuple(decay_schedule(decay, num_heads))
         self._decay_cache: Dict[Tuple[torch.device, torch.dtype], torch.Tensor] = {}
-        self.set_mode(mode, chunk_size)
+        self.set_mode(mode, chunk_size, kernel)
 
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.head_norm = nn.LayerNorm(self.head_dim, elementwise_affine=False) if head_norm else nn.Identity()
@@ -77,9 +80,13 @@ class Retention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
-    def set_mode(self, mode: str, chunk_size: Optional[int] = None) -> None:
+    def set_mode(self, mode: str, chunk_size: Optional[int] = None, kernel: Optional[str] = None) -> None:
         if mode not in RETENTION_MODES:
             raise ValueError(f"unknown retention mode {mode!r}; choose one of {RETENTION_MODES}")
+        if kernel is not None:
+            if kernel not in KERNELS:
+                raise ValueError(f"unknown retention kernel {kernel!r}; choose one of {KERNELS}")
+            self.kernel = kernel
         if chunk_size is not None:
             if chunk_size < 1:
                 raise ValueError(f"chunk_size must be a positive integer, got {chunk_size}")
@@ -99,7 +106,7 @@ class Retention(nn.Module):
         q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         out = retention(
             q * self.scale, k, v, self._log_decay(q),
-            mode=self.mode, direction=self.direction, chunk_size=self.chunk_size,
+            mode=self.mode, direction=self.direction, chunk_size=self.chunk_size, kernel=self.kernel,
         )
         out = self.head_norm(out.transpose(1, 2)).reshape(B, N, C)
         if self.norm_weight is not None:
@@ -108,7 +115,7 @@ class Retention(nn.Module):
 
     def extra_repr(self) -> str:
         return f'heads={self.num_heads}, mode={self.mode}, chunk_size={self.chunk_size}, ' \
-               f'direction={self.direction}, decay={self.decay}'
+               f'direction={self.direction}, decay={self.decay}, kernel={self.kernel}'
 
 
 class RetentionBlock(nn.Module):
@@ -149,6 +156,10 @@ class VisionRetentionNetwork(nn.Module):
     Any input whose sides are multiples of the patch size works: position embeddings are resampled
     to the token grid (and cached per grid size outside training). ``dynamic_img_pad=True`` pads
     other sizes up to the next multiple instead of raising.
+
+    ``pos_embed='none'`` (as in timm's ViT) drops the learned absolute position embedding, leaving
+    position to the retention decay: for dense models trained on crops and run on whole, much larger
+    images, where a resampled embedding would be stretched over a grid many times its training size.
     """
 
     def __init__(
@@ -165,8 +176,10 @@ class VisionRetentionNetwork(nn.Module):
             qkv_bias: bool = True,
             init_values: Optional[float] = 1e-5,
             class_token: bool = True,
+            pos_embed: str = 'learn',
             retention_mode: str = 'parallel',
             chunk_size: int = 64,
+            retention_kernel: str = 'auto',
             direction: str = 'causal',
             decay_schedule: str = 'vir',
             head_norm: bool = True,
@@ -198,7 +211,10 @@ class VisionRetentionNetwork(nn.Module):
         self.patch_size = self.patch_embed.patch_size
         self.dynamic_img_pad = dynamic_img_pad
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if class_token else None
-        self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches, embed_dim))
+        if pos_embed not in POS_EMBEDS:
+            raise ValueError(f"unknown pos_embed {pos_embed!r}; choose one of {POS_EMBEDS}")
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches, embed_dim)) \
+            if pos_embed == 'learn' else None
         self._pos_embed_cache: Dict[tuple, torch.Tensor] = {}
         self.pos_drop = nn.Dropout(pos_drop_rate)
 
@@ -208,7 +224,7 @@ class VisionRetentionNetwork(nn.Module):
                 dim=embed_dim, num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
                 init_values=init_values, proj_drop=proj_drop_rate, drop_path=dpr[i],
                 norm_layer=norm_layer, act_layer=act_layer, mode=retention_mode, direction=direction,
-                chunk_size=chunk_size, decay=decay_schedule, head_norm=head_norm,
+                chunk_size=chunk_size, decay=decay_schedule, head_norm=head_norm, kernel=retention_kernel,
             )
             for i in range(depth)])
         self.feature_info = [
@@ -226,7 +242,8 @@ class VisionRetentionNetwork(nn.Module):
             raise ValueError("global_pool='token' needs class_token=True; use global_pool='avg' without one")
 
     def init_weights(self) -> None:
-        trunc_normal_(self.pos_embed, std=.02)
+        if self.pos_embed is not None:
+            trunc_normal_(self.pos_embed, std=.02)
         if self.cls_token is not None:
             nn.init.normal_(self.cls_token, std=1e-6)
         named_apply(init_weights_vit_timm, self)
@@ -257,10 +274,10 @@ class VisionRetentionNetwork(nn.Module):
             self.global_pool = global_pool
         self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
 
-    def set_retention_mode(self, mode: str, chunk_size: Optional[int] = None) -> None:
-        """Switch every block to another retention form; weights are untouched."""
+    def set_retention_mode(self, mode: str, chunk_size: Optional[int] = None, kernel: Optional[str] = None) -> None:
+        """Switch every block to another retention form (or chunkwise kernel); weights are untouched."""
         for block in self.blocks:
-            block.retention.set_mode(mode, chunk_size)
+            block.retention.set_mode(mode, chunk_size, kernel)
 
     @property
     def retention_mode(self) -> str:
@@ -304,7 +321,9 @@ class VisionRetentionNetwork(nn.Module):
         self._check_input(x)
         x = self.patch_embed(x)  # NHWC
         grid = (x.shape[1], x.shape[2])
-        x = x.flatten(1, 2) + self._resampled_pos_embed(grid)
+        x = x.flatten(1, 2)
+        if self.pos_embed is not None:
+            x = x + self._resampled_pos_embed(grid)
         if self.cls_token is not None:
             x = torch.cat([x, self.cls_token.expand(x.shape[0], -1, -1)], dim=1)
         return self.pos_drop(x), grid
@@ -412,7 +431,7 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: VisionReten
     out = {}
     for key, value in state_dict.items():
         key = key.replace('.attn.', '.retention.')
-        if key == 'pos_embed' and value.shape[1] != target[key].shape[1]:
+        if key == 'pos_embed' and key in target and value.shape[1] != target[key].shape[1]:
             prefix = _infer_prefix_tokens(value.shape[1])  # ViT class/register token positions
             side = math.isqrt(value.shape[1] - prefix)
             value = resample_abs_pos_embed(
