@@ -242,9 +242,10 @@ class TreeCrownsDataModule(COCODataModule):
     """REAL aerial tree crowns (deepforest's NEON images) as a COCO set, converted on first use: the
     detection demo. It reads through COCODataModule, so training on it exercises the COCO code path.
 
-    Images keep their 10 cm pixels (``keep_resolution``): training takes ``image_size`` crops of the
-    tiles with flips both ways (aerial views have no up), validation runs the held-out 1249x1035
-    image whole, and predict can run any image at full size (e.g. the 2299x2472 one).
+    By default images keep their 10 cm pixels (``keep_resolution``): training takes ``image_size``
+    crops of the tiles with flips both ways (aerial views have no up), validation runs the held-out
+    1249x1035 image whole, and predict can run any image at full size (e.g. the 2299x2472 one).
+    ``keep_resolution=False`` resizes every image to a longest side of ``image_size`` instead.
 
     Args:
         root: where the COCO folder is written.
@@ -264,6 +265,7 @@ class TreeCrownsDataModule(COCODataModule):
             stride: int = 400,
             min_visible: float = 0.5,
             predict_images: Optional[str] = None,
+            keep_resolution: bool = True,
             hflip: float = 0.5,
             vflip: float = 0.5,
             mean: Sequence[float] = IMAGENET_MEAN,
@@ -274,7 +276,8 @@ class TreeCrownsDataModule(COCODataModule):
         super().__init__(
             root, batch_size, num_workers, image_size, train_images='train', val_images='val',
             train_annotations='annotations/instances_train.json', val_annotations='annotations/instances_val.json',
-            predict_images=predict_images, keep_resolution=True, hflip=hflip, vflip=vflip, mean=mean, std=std)
+            predict_images=predict_images, keep_resolution=keep_resolution, hflip=hflip, vflip=vflip, mean=mean,
+            std=std)
 
     def check_data_on_init(self) -> bool:
         return False  # written by prepare_data

@@ -1,6 +1,7 @@
 """``python -m vir_lightning {fit,validate,test,predict} --config NAME.yaml``: LightningCLI with
 packaged configs, linked class counts, TensorBoard and a Rich progress bar by default, and
-one-line errors for user mistakes."""
+one-line errors for user mistakes. ``python -m vir_lightning benchmark --help``: throughput and
+memory of ViR against ViT by resolution."""
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -78,7 +79,11 @@ def cli_main(args: Optional[List[str]] = None) -> VirLightningCLI:
 def main(argv: Optional[List[str]] = None) -> None:
     """Entry point; ``argv`` defaults to the command line (rewritten in place so DDP workers see the same)."""
     try:
-        if argv is None:
+        args = sys.argv[1:] if argv is None else argv
+        if args[:1] == ['benchmark']:
+            from .benchmark import main as benchmark_main
+            benchmark_main(args[1:])
+        elif argv is None:
             sys.argv[1:] = resolve_config_args(sys.argv[1:])
             cli_main()
         else:

@@ -77,17 +77,18 @@ class VisionTask(L.LightningModule):
         model = getattr(self.backbone, 'model', self.backbone)
         if mode is None or not hasattr(model, 'set_retention_mode'):
             return
-        if training:
-            model.set_retention_mode(self._train_retention_mode)
-        else:
-            self._train_retention_mode = getattr(self, '_train_retention_mode', model.retention_mode)
-            model.set_retention_mode(mode)
+        if not hasattr(self, '_train_retention_mode'):  # the form the model was built with
+            self._train_retention_mode = model.retention_mode
+        model.set_retention_mode(self._train_retention_mode if training else mode)
 
     def on_train_epoch_start(self) -> None:
         self._set_retention_mode(training=True)
 
     def on_validation_start(self) -> None:
         self._set_retention_mode(training=False)
+
+    def on_validation_end(self) -> None:  # validation can come mid-epoch (val_check_interval)
+        self._set_retention_mode(training=True)
 
     on_test_start = on_predict_start = on_validation_start
 

@@ -1,0 +1,436 @@
+"""``python -m vir_lightning benchmark``: throughput and peak memory of ViR against ViT by resolution.
+
+For every backbone, resolution and (for ViR) retention form it measures, after warm-up and as
+the median of repeated runs: inference images/s, training-step images/s (forward, backward and
+an AdamW step) and peak memory, for the backbone alone or with a dense head (UPerNet or Faster
+R-CNN). ViT runs timm's ``scaled_dot_product_attention`` pinned to the flash backend (bf16 on
+GPU), and the backend that actually ran is recorded. Out-of-memory points are recorded as OOM
+and the run goes on. Results: a JSON file with every raw figure and the device, versions,
+dtype, batch and command; a CSV; a markdown table; a plot of throughput and memory against
+resolution.
+
+Peak memory is CUDA's allocator peak on GPU. On CPU, where PyTorch keeps no allocator
+statistics, every point runs in a fresh process and the figure is the peak growth of its resident
+memory over what the model and input already held, sampled every millisecond.
+"""
+import argparse
+import concurrent.futures
+import csv
+import datetime
+import json
+import multiprocessing
+import os
+import platform
+import statistics
+import sys
+import threading
+import time
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+import torch
+
+DEFAULT_BACKBONES = ('vir_tiny_patch16_224', 'vit_tiny_patch16_224')
+DEFAULT_SIZES = (224, 512, 1024, 2048)
+HEADS = ('none', 'uper', 'faster_rcnn')
+SDPA_ORDER = ('FLASH_ATTENTION', 'EFFICIENT_ATTENTION', 'CUDNN_ATTENTION', 'MATH')
+
+
+def is_vir(name: str) -> bool:
+    return name.startswith('vir_')
+
+
+# ---- memory ----------------------------------------------------------------------------------------
+def _rss_bytes() -> int:
+    with open('/proc/self/statm') as f:
+        return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE')
+
+
+@contextmanager
+def peak_memory(device: torch.device):
+    """Yields a dict whose 'mb' holds the peak memory (MiB) used inside the block."""
+    result = {'mb': None}
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        start = torch.cuda.memory_allocated(device)
+        yield result
+        torch.cuda.synchronize(device)
+        result['mb'] = (torch.cuda.max_memory_allocated(device) - start) / 2 ** 20
+        return
+    baseline, peak, done = _rss_bytes(), [0], threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], _rss_bytes())
+            time.sleep(0.001)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        yield result
+    finally:
+        done.set()
+        sampler.join()
+        result['mb'] = max(0, max(peak[0], _rss_bytes()) - baseline) / 2 ** 20
+
+
+def _is_oom(error: BaseException) -> bool:
+    text = str(error).lower()
+    return isinstance(error, torch.OutOfMemoryError) or 'out of memory' in text or "can't allocate memory" in text
+
+
+# ---- models ----------------------------------------------------------------------------------------
+def build_model(name: str, size: int, head: str, mode: Optional[str], args) -> torch.nn.Module:
+    """The backbone (and head) at ``size``; ViR in retention form ``mode``."""
+    import timm
+    import vir_lightning  # noqa: F401  (registers ViR)
+    kwargs = dict(img_size=size)
+    if is_vir(name):
+        kwargs.update(retention_mode=mode, chunk_size=args.chunk_size, direction=args.direction,
+                      retention_kernel=args.kernel)
+    if head == 'none':
+        return timm.create_model(name, num_classes=0, **kwargs)
+    if head == 'uper':  # four maps, as the mmseg ViT recipe (which blocks does not change the cost)
+        from heads import UPerNet
+        backbone = timm.create_model(name, features_only=True, out_indices=4, **kwargs)
+        return _BackboneAndHead(backbone, UPerNet(backbone.feature_info.channels(), num_classes=150))
+    from heads import create_detector
+    backbone = timm.create_model(name, features_only=True, out_indices=(-1,), **kwargs)
+    return create_detector('faster_rcnn', backbone, num_classes=80)
+
+
+class _BackboneAndHead(torch.nn.Module):
+    def __init__(self, backbone: torch.nn.Module, head: torch.nn.Module):
+        super().__init__()
+        self.backbone, self.head = backbone, head
+
+    def forward(self, images: torch.Tensor):
+        return self.head(self.backbone(images))
+
+
+def _loss(outputs) -> torch.Tensor:
+    if isinstance(outputs, dict):  # detector losses
+        return sum(outputs.values())
+    if isinstance(outputs, (tuple, list)):
+        return sum(o.float().mean() for o in outputs if o is not None)
+    return outputs.float().mean()
+
+
+def _detection_targets(batch: int, size: int, device: torch.device) -> List[dict]:
+    boxes = torch.tensor([[0.1, 0.1, 0.3, 0.4], [0.5, 0.5, 0.9, 0.8]], device=device) * size
+    return [{'boxes': boxes, 'labels': torch.tensor([1, 2], device=device)} for _ in range(batch)]
+
+
+# ---- timing ----------------------------------------------------------------------------------------
+@contextmanager
+def sdpa_backend(device: torch.device, pinned: Optional[str]):
+    """Pin scaled_dot_product_attention to one backend (None: PyTorch's choice)."""
+    if pinned is None:
+        yield
+        return
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    with sdpa_kernel(getattr(SDPBackend, pinned)):
+        yield
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+def median_seconds(step: Callable[[], None], device: torch.device, warmup: int, repeats: int) -> List[float]:
+    for _ in range(warmup):
+        step()
+    _synchronize(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        _synchronize(device)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def measure(name: str, size: int, head: str, mode: Optional[str], args, device: torch.device,
+            dtype: torch.dtype) -> Dict:
+    """One point: inference and training figures, or the reason there are none."""
+    record = dict(backbone=name, family='ViR' if is_vir(name) else 'ViT', retention_mode=mode, size=size,
+                  head=head, batch_size=args.batch_size, dtype=str(dtype).replace('torch.', ''),
+                  tokens=(size // 16) ** 2, status='ok')
+    torch.manual_seed(0)
+    try:
+        model = build_model(name, size, head, mode, args).to(device)
+    except Exception as error:  # noqa: BLE001 - recorded, the run goes on
+        return {**record, 'status': 'OOM' if _is_oom(error) else f'error: {error}'}
+    patch = next((m.patch_size for m in model.modules() if type(m).__name__ == 'PatchEmbed'), (16, 16))
+    record['tokens'] = (size // patch[0]) * (size // patch[1])
+    images = torch.randn(args.batch_size, 3, size, size, device=device)
+    autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
+    backends = [None] if is_vir(name) or args.sdpa == 'auto' else \
+        [b for b in SDPA_ORDER[SDPA_ORDER.index(args.sdpa):]]
+    for backend in backends:  # the first backend that runs is the one recorded
+        try:
+            with sdpa_backend(device, backend):
+                record.update(_run(model, images, head, args, device, autocast))
+            record['sdpa_backend'] = backend.lower() if backend else ('none' if is_vir(name) else 'auto')
+            break
+        except RuntimeError as error:
+            if _is_oom(error):
+                record['status'] = 'OOM'
+                break
+            if backend is None or 'No available kernel' not in str(error):
+                record['status'] = f'error: {str(error).splitlines()[0]}'
+                break
+        finally:
+            if device.type == 'cuda':
+                torch.cuda.empty_cache()
+    del model
+    return record
+
+
+def measure_isolated(name: str, size: int, head: str, mode: Optional[str], args, device: torch.device,
+                     dtype: torch.dtype) -> Dict:
+    """``measure`` in a fresh process, so that memory freed by earlier points cannot hide this one's."""
+    context = multiprocessing.get_context('spawn')
+    with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+        try:
+            return pool.submit(measure, name, size, head, mode, args, device, dtype).result()
+        except concurrent.futures.process.BrokenProcessPool:  # killed, typically by the out-of-memory killer
+            return dict(backbone=name, family='ViR' if is_vir(name) else 'ViT', retention_mode=mode, size=size,
+                        head=head, batch_size=args.batch_size, dtype=str(dtype).replace('torch.', ''),
+                        tokens=(size // 16) ** 2, status='OOM')
+
+
+def _run(model, images, head: str, args, device: torch.device, autocast) -> Dict:
+    figures = {}
+    model.eval()
+    as_list = head == 'faster_rcnn'
+    inputs = list(images) if as_list else images
+    with torch.inference_mode(), autocast, peak_memory(device) as memory:
+        times = median_seconds(lambda: model(inputs), device, args.warmup, args.repeats)
+    figures.update(infer_seconds=statistics.median(times), infer_images_per_s=len(images) / statistics.median(times),
+                   infer_peak_mb=memory['mb'], infer_times=times)
+    if not args.train:
+        return figures
+    model.train()
+    for module in model.modules():  # frozen BatchNorm: UPerNet's pooled 1x1 maps cannot train BN at batch 1
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.eval()
+    if args.grad_checkpointing:
+        getattr(getattr(model, 'backbone', model), 'set_grad_checkpointing', lambda *_: None)(True)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    targets = _detection_targets(len(images), images.shape[-1], device) if as_list else None
+
+    def step():
+        with autocast:
+            loss = _loss(model(inputs, targets) if as_list else model(inputs))
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    with peak_memory(device) as memory:
+        times = median_seconds(step, device, args.warmup, args.repeats)
+    figures.update(train_seconds=statistics.median(times), train_images_per_s=len(images) / statistics.median(times),
+                   train_peak_mb=memory['mb'], train_times=times)
+    return figures
+
+
+# ---- plan, outputs ---------------------------------------------------------------------------------
+def plan(args) -> List[tuple]:
+    """(backbone, size, retention mode) points; recurrent only up to --recurrent-max-tokens."""
+    points = []
+    for size in args.sizes:
+        for name in args.backbones:
+            if not is_vir(name):
+                points.append((name, size, None))
+                continue
+            for mode in args.modes:
+                if mode == 'parallel' and (size // 16) ** 2 > args.parallel_max_tokens:
+                    continue
+                if mode == 'recurrent' and (size // 16) ** 2 > args.recurrent_max_tokens:
+                    continue
+                points.append((name, size, mode))
+    return points
+
+
+def environment(device: torch.device, dtype: torch.dtype, args, argv: List[str]) -> Dict:
+    import lightning
+    import timm
+    name = torch.cuda.get_device_name(device) if device.type == 'cuda' else \
+        f'{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads'
+    versions = {'python': platform.python_version(), 'torch': torch.__version__, 'timm': timm.__version__,
+                'lightning': lightning.__version__}
+    try:
+        import fla
+        versions['fla'] = getattr(fla, '__version__', 'installed')
+    except ImportError:
+        pass
+    return {'device': name, 'device_type': device.type, 'dtype': str(dtype).replace('torch.', ''),
+            'batch_size': args.batch_size, 'versions': versions, 'platform': platform.platform(),
+            'date': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
+            'command': 'python -m vir_lightning benchmark ' + ' '.join(argv),
+            'settings': {k: v for k, v in vars(args).items() if k != 'output'}}
+
+
+def label(record: Dict) -> str:
+    mode = record.get('retention_mode')
+    return record['backbone'] + (f' ({mode})' if mode else f" (sdpa {record.get('sdpa_backend', '?')})")
+
+
+def write_outputs(results: List[Dict], meta: Dict, output: Path) -> List[Path]:
+    output.mkdir(parents=True, exist_ok=True)
+    paths = [output / 'results.json', output / 'results.csv', output / 'results.md', output / 'results.png']
+    paths[0].write_text(json.dumps({'meta': meta, 'results': results}, indent=1))
+    columns = ['backbone', 'family', 'retention_mode', 'sdpa_backend', 'head', 'size', 'tokens', 'batch_size',
+               'dtype', 'status', 'infer_images_per_s', 'infer_seconds', 'infer_peak_mb', 'train_images_per_s',
+               'train_seconds', 'train_peak_mb']
+    with open(paths[1], 'w', newline='') as f:
+        writer = csv.DictWriter(f, columns, extrasaction='ignore')
+        writer.writeheader()
+        writer.writerows(results)
+    paths[2].write_text(markdown_table(results, meta))
+    plot(results, meta, paths[3])
+    return paths
+
+
+def _fmt(value, digits: int = 2) -> str:
+    return '' if value is None else f'{value:.{digits}f}'
+
+
+def markdown_table(results: List[Dict], meta: Dict) -> str:
+    lines = [f"{meta['device']}, {meta['dtype']}, batch {meta['batch_size']}, {meta['date']}",
+             f"`{meta['command']}`", '',
+             '| model | head | size | tokens | inference img/s | train img/s | inference peak MiB | train peak MiB |',
+             '|---|---|---|---|---|---|---|---|']
+    for r in results:
+        if r['status'] != 'ok':
+            lines.append(f"| {label(r)} | {r['head']} | {r['size']} | {r['tokens']} | {r['status']} | | | |")
+            continue
+        lines.append(f"| {label(r)} | {r['head']} | {r['size']} | {r['tokens']} | "
+                     f"{_fmt(r['infer_images_per_s'], 3)} | {_fmt(r.get('train_images_per_s'), 3)} | "
+                     f"{_fmt(r['infer_peak_mb'], 0)} | {_fmt(r.get('train_peak_mb'), 0)} |")
+    lines += ['', ratio_table(results)]
+    return '\n'.join(lines) + '\n'
+
+
+def ratio_table(results: List[Dict]) -> str:
+    """Fastest ViR form over the ViT of the same width, per size (throughput ratios; > 1: ViR faster)."""
+    rows = ['| size | ViR / ViT inference | ViR / ViT training | ViR / ViT inference memory |', '|---|---|---|---|']
+    ok = [r for r in results if r['status'] == 'ok']
+    for size in sorted({r['size'] for r in ok}):
+        vir = [r for r in ok if r['size'] == size and r['family'] == 'ViR']
+        vit = [r for r in ok if r['size'] == size and r['family'] == 'ViT']
+        if not vir or not vit:
+            continue
+        best = max(vir, key=lambda r: r['infer_images_per_s'])
+        base = vit[0]
+        train = (best.get('train_images_per_s') or 0) / base['train_images_per_s'] \
+            if base.get('train_images_per_s') and best.get('train_images_per_s') else None
+        memory = best['infer_peak_mb'] / base['infer_peak_mb'] if base['infer_peak_mb'] else None
+        rows.append(f"| {size} | {best['infer_images_per_s'] / base['infer_images_per_s']:.2f}x "
+                    f"({best['retention_mode']}) | {_fmt(train)}{'x' if train else ''} | {_fmt(memory)}"
+                    f"{'x' if memory else ''} |")
+    return '\n'.join(rows)
+
+
+def plot(results: List[Dict], meta: Dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    panels = [('infer_images_per_s', 'inference images/s'), ('train_images_per_s', 'training images/s'),
+              ('infer_peak_mb', 'inference peak memory (MiB)')]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4))
+    for ax, (key, title) in zip(axes, panels):
+        for name in dict.fromkeys(label(r) for r in results):
+            points = sorted((r['size'], r[key]) for r in results
+                            if label(r) == name and r['status'] == 'ok' and r.get(key))
+            if points:
+                ax.plot(*zip(*points), marker='o', label=name, linestyle='--' if 'vit' in name else '-')
+            oom = [r['size'] for r in results if label(r) == name and r['status'] == 'OOM']
+            if oom:
+                ax.scatter(oom, [ax.get_ylim()[0]] * len(oom), marker='x', color='red')
+        ax.set_xscale('log', base=2)
+        ax.set_yscale('log')
+        ax.set_xlabel('image side (pixels)')
+        ax.set_title(title)
+        ax.grid(True, which='both', alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"{meta['device']}, {meta['dtype']}, batch {meta['batch_size']}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# ---- command line ----------------------------------------------------------------------------------
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog='python -m vir_lightning benchmark', description=__doc__,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument('--backbones', nargs='+', default=list(DEFAULT_BACKBONES),
+                   help='timm model names; ViR ones run in every --modes form, others (ViT) once')
+    p.add_argument('--sizes', nargs='+', type=int, default=list(DEFAULT_SIZES), help='square image sides')
+    p.add_argument('--modes', nargs='+', default=['chunkwise', 'parallel', 'recurrent'],
+                   choices=['parallel', 'chunkwise', 'recurrent'], help='ViR retention forms')
+    p.add_argument('--direction', default='bidirectional', choices=['causal', 'bidirectional'])
+    p.add_argument('--chunk-size', type=int, default=64)
+    p.add_argument('--kernel', default='auto', choices=['auto', 'torch', 'fla'],
+                   help="chunkwise implementation: fla's Triton kernels on CUDA, or PyTorch")
+    p.add_argument('--head', default='none', choices=HEADS, help='backbone alone or with a dense head')
+    p.add_argument('--batch-size', type=int, default=1)
+    p.add_argument('--device', default='auto', help="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ...")
+    p.add_argument('--dtype', default='auto', choices=['auto', 'float32', 'bfloat16', 'float16'],
+                   help='autocast dtype; auto: bfloat16 on GPU, float32 on CPU')
+    p.add_argument('--sdpa', default='FLASH_ATTENTION', choices=['auto', *SDPA_ORDER],
+                   help="ViT attention backend to pin (the next ones are tried if it cannot run); 'auto': PyTorch's choice")
+    p.add_argument('--train', action=argparse.BooleanOptionalAction, default=True,
+                   help='also time training steps (forward, backward, AdamW)')
+    p.add_argument('--grad-checkpointing', action='store_true', help='recompute block activations in backward')
+    p.add_argument('--warmup', type=int, default=1, help='untimed runs before timing')
+    p.add_argument('--repeats', type=int, default=3, help='timed runs; the median is reported')
+    p.add_argument('--parallel-max-tokens', type=int, default=4096,
+                   help='skip the parallel form (N x N scores) above this many tokens')
+    p.add_argument('--recurrent-max-tokens', type=int, default=1024,
+                   help='skip the token-by-token recurrent form above this many tokens')
+    p.add_argument('--isolate', action=argparse.BooleanOptionalAction, default=None,
+                   help='run every point in a fresh process (default on CPU, where it is what makes the '
+                        'memory figures exact)')
+    p.add_argument('--output', default=None, help='output folder (default: benchmarks/results/<device>-<date>)')
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> Path:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .errors import UserError
+    argv = list(sys.argv[2:] if argv is None else argv)
+    args = parser().parse_args(argv)
+    device = torch.device('cuda' if args.device == 'auto' and torch.cuda.is_available() else
+                          'cpu' if args.device == 'auto' else args.device)
+    if device.type == 'cuda' and not torch.cuda.is_available():
+        raise UserError(f"--device {args.device}: no CUDA device here; use --device cpu")
+    dtype = getattr(torch, args.dtype) if args.dtype != 'auto' else \
+        (torch.bfloat16 if device.type == 'cuda' else torch.float32)
+    if args.batch_size < 1 or args.repeats < 1 or args.warmup < 0 or any(s < 16 or s % 16 for s in args.sizes):
+        raise UserError('--batch-size and --repeats must be >= 1, --warmup >= 0, --sizes multiples of 16')
+    meta = environment(device, dtype, args, argv)
+    output = Path(args.output) if args.output else Path('benchmarks/results') / \
+        f"{meta['device_type']}-{meta['date'][:10]}"
+    points = plan(args)
+    results = []
+    with Progress(TextColumn('{task.description}'), BarColumn(), TextColumn('{task.completed}/{task.total}'),
+                  TimeElapsedColumn()) as progress:
+        task = progress.add_task('benchmark', total=len(points))
+        for name, size, mode in points:
+            progress.update(task, description=f'{name} {mode or ""} {size}px'.replace('  ', ' '))
+            isolate = args.isolate if args.isolate is not None else device.type == 'cpu'
+            record = (measure_isolated if isolate else measure)(name, size, args.head, mode, args, device, dtype)
+            results.append(record)
+            figures = f"{record['infer_images_per_s']:.3f} img/s" if record['status'] == 'ok' else record['status']
+            progress.console.print(f'{label(record)} {size}px: {figures}')
+            write_outputs(results, meta, output)  # partial results survive an interrupted run
+            progress.advance(task)
+    print(markdown_table(results, meta))
+    print(f'wrote {output}/results.{{json,csv,md,png}}')
+    return output

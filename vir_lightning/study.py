@@ -1,0 +1,140 @@
+"""``python -m vir_lightning.study``: ViR against ViT on the demo tasks at two resolutions.
+
+Both backbones get the same head, schedule, batch and number of optimizer steps (the packaged
+seg_demo / det_demo recipes, with the ViT of the same width, depth, heads and patch); only the
+token mixer differs. Each run is a normal ``python -m vir_lightning fit`` in its own process,
+validated once at the end. Reported per run: the validation metric (mIoU for segmentation, mAP50
+for detection), training throughput (images/s over the logged training steps, validation
+excluded) and the process's peak resident memory. Written to ``<output>/study.{json,csv,md}``,
+TensorBoard logs under ``<output>/runs``.
+
+The demo sets are small and the budgets short: quality figures say how the two compare after the
+same few minutes of training, not what either reaches when trained to convergence.
+"""
+import argparse
+import csv
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List
+
+import torch
+
+# per task: config, metric, and per resolution (steps, global batch)
+TASKS = {
+    'seg': dict(config='seg_demo.yaml', metric='val/mIoU', patch=8,
+                budgets={128: (150, 16), 512: (40, 4)}),
+    'det': dict(config='det_demo.yaml', metric='val/mAP50', patch=16,
+                budgets={256: (200, 8), 1024: (40, 2)}),
+}
+WIDTH = dict(embed_dim=128, num_heads=4, depth=6, init_values=0.1)
+BACKBONES = {'ViR': 'vir_tiny_patch16_224', 'ViT': 'vit_tiny_patch16_224'}
+
+
+def backbone_kwargs(family: str, task: str, size: int) -> Dict:
+    kwargs = dict(WIDTH, img_size=size, patch_size=TASKS[task]['patch'])
+    if family == 'ViR':
+        kwargs['direction'] = 'bidirectional'
+    else:
+        kwargs['dynamic_img_size'] = True  # images of other sizes (evaluation) resample positions
+    return kwargs
+
+
+def command(task: str, family: str, size: int, output: Path) -> List[str]:
+    spec = TASKS[task]
+    steps, batch = spec['budgets'][size]
+    args = [
+        sys.executable, '-m', 'vir_lightning', 'fit', '--config', spec['config'],
+        f'--model.backbone={BACKBONES[family]}',
+        f'--model.backbone_kwargs={json.dumps(backbone_kwargs(family, task, size))}',
+        f'--data.image_size={size}', f'--data.batch_size={batch}',
+        f'--trainer.max_steps={steps}', '--trainer.max_epochs=-1', '--trainer.check_val_every_n_epoch=null',
+        f'--trainer.val_check_interval={steps}', '--trainer.num_sanity_val_steps=0',
+        '--trainer.callbacks=[]', '--trainer.enable_checkpointing=false',  # no image logging or checkpoints
+        f'--trainer.logger.init_args.save_dir={output / "runs"}', f'--trainer.logger.init_args.name={task}_{size}_{family}',
+    ]
+    if task == 'det':
+        args.append('--data.keep_resolution=false')  # resize every image to a longest side of `size`
+    return args
+
+
+def read_scalars(log_dir: Path) -> Dict[str, list]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(str(log_dir)).Reload()
+    return {tag: events.Scalars(tag) for tag in events.Tags()['scalars']}
+
+
+def run(task: str, family: str, size: int, output: Path) -> Dict:
+    steps, batch = TASKS[task]['budgets'][size]
+    record = dict(task=task, backbone=family, size=size, steps=steps, batch_size=batch, status='ok')
+    start = time.perf_counter()
+    process = subprocess.Popen(command(task, family, size, output), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True, env={**os.environ, 'NO_ALBUMENTATIONS_UPDATE': '1'})
+    stderr = process.stderr.read()
+    _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    record['wall_seconds'] = time.perf_counter() - start
+    record['peak_rss_mb'] = usage.ru_maxrss / 1024
+    if process.returncode:
+        record['status'] = f'error (exit {process.returncode}): {stderr.strip().splitlines()[-1] if stderr else ""}'
+        return record
+    scalars = read_scalars(output / 'runs' / f'{task}_{size}_{family}' / 'version_0')
+    metric = scalars.get(TASKS[task]['metric'], [])
+    record[TASKS[task]['metric']] = metric[-1].value if metric else None
+    losses = scalars.get('train/loss', [])
+    if len(losses) >= 2:  # logged steps carry wall times: the rate between the first and last excludes validation
+        first, last = losses[0], losses[-1]
+        record['train_images_per_s'] = (last.step - first.step) * batch / (last.wall_time - first.wall_time)
+    return record
+
+
+def write(results: List[Dict], meta: Dict, output: Path) -> None:
+    output.mkdir(parents=True, exist_ok=True)
+    (output / 'study.json').write_text(json.dumps({'meta': meta, 'results': results}, indent=1))
+    columns = ['task', 'backbone', 'size', 'steps', 'batch_size', 'status', 'val/mIoU', 'val/mAP50',
+               'train_images_per_s', 'peak_rss_mb', 'wall_seconds']
+    with open(output / 'study.csv', 'w', newline='') as f:
+        writer = csv.DictWriter(f, columns, extrasaction='ignore')
+        writer.writeheader()
+        writer.writerows(results)
+    lines = [f"{meta['device']}, {meta['date']}, `{meta['command']}`", '',
+             '| task | input | steps x batch | backbone | quality | train img/s | peak RSS MiB | wall s |',
+             '|---|---|---|---|---|---|---|---|']
+    for r in results:
+        name = TASKS[r['task']]['metric']
+        quality = f"{name.split('/')[1]} {100 * r[name]:.1f}%" if r.get(name) is not None else r['status']
+        lines.append(f"| {r['task']} | {r['size']} | {r['steps']} x {r['batch_size']} | {r['backbone']} | {quality} | "
+                     f"{r.get('train_images_per_s', 0):.2f} | {r['peak_rss_mb']:.0f} | {r['wall_seconds']:.0f} |")
+    (output / 'study.md').write_text('\n'.join(lines) + '\n')
+
+
+def main(argv: List[str] = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    p = argparse.ArgumentParser(prog='python -m vir_lightning.study', description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--tasks', nargs='+', default=list(TASKS), choices=list(TASKS))
+    p.add_argument('--output', default=f'benchmarks/results/study-cpu-{datetime.date.today()}')
+    args = p.parse_args(argv)
+    output = Path(args.output)
+    meta = {'device': f'{platform.machine()} CPU, {os.cpu_count()} cores' if not torch.cuda.is_available()
+            else torch.cuda.get_device_name(), 'date': datetime.datetime.now(datetime.timezone.utc).isoformat(
+                timespec='seconds'), 'torch': torch.__version__,
+            'command': 'python -m vir_lightning.study ' + ' '.join(argv)}
+    results = []
+    for task in args.tasks:
+        for size in TASKS[task]['budgets']:
+            for family in BACKBONES:
+                print(f'{task} {size}px {family} ...', flush=True)
+                results.append(run(task, family, size, output))
+                print(f'  {results[-1]}', flush=True)
+                write(results, meta, output)
+    print((output / 'study.md').read_text())
+
+
+if __name__ == '__main__':
+    main()
