@@ -82,7 +82,8 @@ def load_coco_annotations(path: Path, categories: Optional[List[dict]] = None) -
     data = _read_json(path)
     for category in data['categories']:
         _entry(path, 'categories', category, ('id', 'name'))
-    categories = sorted(categories if categories is not None else data['categories'], key=lambda c: c['id'])
+    from_training_file = categories is not None
+    categories = sorted(categories if from_training_file else data['categories'], key=lambda c: c['id'])
     label_of = {c['id']: label for label, c in enumerate(categories, start=1)}
     images = []
     for image in data['images']:
@@ -122,7 +123,7 @@ def load_coco_annotations(path: Path, categories: Optional[List[dict]] = None) -
         known = ', '.join(f"{c['id']} ({c['name']})" for c in categories[:20])
         raise UserError(
             f"annotation file '{path}' uses category id(s) {_listing(sorted(unknown_categories))} that are not among "
-            f"the categories{' of the training file' if categories is not data['categories'] else ''}: "
+            f"the categories{' of the training file' if from_training_file else ''}: "
             f"{known}{' ...' if len(categories) > 20 else ''}. Fix those annotations or add the categories.")
     if unknown_images:
         raise UserError(f"annotation file '{path}' has annotations for image id(s) "

@@ -138,6 +138,9 @@ def create_detector(
     """
     if name not in DETECTORS:
         raise ValueError(f"unknown detector {name!r}; choose one of {sorted(DETECTORS)}")
+    if DETECTIONS_PER_IMAGE[name] in kwargs:
+        raise ValueError(f"set the detection limit with detections_per_image, not {DETECTIONS_PER_IMAGE[name]} "
+                         f"(the mAP evaluation counts the same number)")
     kwargs[DETECTIONS_PER_IMAGE[name]] = detections_per_image
     pyramid = SimpleFeaturePyramid(backbone, out_channels=pyramid_channels)
     if anchor_sizes is not None:

@@ -110,20 +110,28 @@ def _recurrent_causal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_dec
         return torch.stack(outputs, dim=2).to(out_dtype)
 
 
+def _split_chunks(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, chunk_size: int):
+    """[B, H, N, d] -> [B, H, num_chunks, C, d], the last chunk zero-padded.
+
+    Zero keys and values after the last token contribute nothing to any real token, in either direction.
+    """
+    b, h, n, _ = q.shape
+    c = min(chunk_size, n)
+    num_chunks = -(-n // c)
+    pad = num_chunks * c - n
+    if pad:
+        q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
+    return tuple(t.reshape(b, h, num_chunks, c, t.shape[-1]) for t in (q, k, v))
+
+
 def _chunkwise_causal(
         q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_decay: torch.Tensor, chunk_size: int,
 ) -> torch.Tensor:
     """All chunks' inner products in one batched matmul, then one short scan over chunk states."""
     b, h, n, d = q.shape
     dv = v.shape[-1]
-    c = min(chunk_size, n)
-    num_chunks = -(-n // c)
-    pad = num_chunks * c - n
-    if pad:  # zero keys/values at the end change nothing before them
-        q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
-    q = q.reshape(b, h, num_chunks, c, d)
-    k = k.reshape(b, h, num_chunks, c, d)
-    v = v.reshape(b, h, num_chunks, c, dv)
+    q, k, v = _split_chunks(q, k, v, chunk_size)
+    num_chunks, c = q.shape[2:4]
 
     state_dtype = _decay_dtype(q)
     pos = torch.arange(c, device=q.device, dtype=state_dtype)
@@ -157,14 +165,8 @@ def _chunkwise_bidirectional(
     and no flipped copies."""
     b, h, n, d = q.shape
     dv = v.shape[-1]
-    c = min(chunk_size, n)
-    num_chunks = -(-n // c)
-    pad = num_chunks * c - n
-    if pad:  # zero keys/values after the last token contribute nothing to any real token
-        q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
-    q = q.reshape(b, h, num_chunks, c, d)
-    k = k.reshape(b, h, num_chunks, c, d)
-    v = v.reshape(b, h, num_chunks, c, dv)
+    q, k, v = _split_chunks(q, k, v, chunk_size)
+    num_chunks, c = q.shape[2:4]
 
     state_dtype = _decay_dtype(q)
     pos = torch.arange(c, device=q.device, dtype=state_dtype)

@@ -28,9 +28,9 @@ import torch
 # per task: config, metric, and per resolution (steps, global batch)
 TASKS = {
     'seg': dict(config='seg_demo.yaml', metric='val/mIoU', patch=8,
-                budgets={128: (150, 16), 512: (40, 4)}),
+                budgets={128: (80, 8), 512: (30, 2)}),
     'det': dict(config='det_demo.yaml', metric='val/mAP50', patch=16,
-                budgets={256: (200, 8), 1024: (40, 2)}),
+                budgets={256: (120, 8), 1024: (30, 2)}),
 }
 WIDTH = dict(embed_dim=128, num_heads=4, depth=6, init_values=0.1)
 BACKBONES = {'ViR': 'vir_tiny_patch16_224', 'ViT': 'vit_tiny_patch16_224'}
@@ -38,8 +38,8 @@ BACKBONES = {'ViR': 'vir_tiny_patch16_224', 'ViT': 'vit_tiny_patch16_224'}
 
 def backbone_kwargs(family: str, task: str, size: int) -> Dict:
     kwargs = dict(WIDTH, img_size=size, patch_size=TASKS[task]['patch'])
-    if family == 'ViR':
-        kwargs['direction'] = 'bidirectional'
+    if family == 'ViR':  # the linear-cost form, for training too (the parallel form is N x N)
+        kwargs.update(direction='bidirectional', retention_mode='chunkwise')
     else:
         kwargs['dynamic_img_size'] = True  # images of other sizes (evaluation) resample positions
     return kwargs

@@ -3,15 +3,15 @@ import json
 from pathlib import Path
 from typing import Dict, List, Sequence
 
-import lightning as L
 import numpy as np
 import torch
 import torch.distributed as dist
 from PIL import Image
-from torchvision.utils import draw_bounding_boxes, make_grid
+from torchvision.utils import draw_bounding_boxes
 
 from datamodules.images import load_rgb
-from .classification_images import denormalize, tensorboard_writer
+from .classification_images import denormalize
+from .panels import ValidationPanelLogger
 from .prediction_writer import RunFolderPredictionWriter
 
 TRUTH_COLOR, PREDICTION_COLOR = (0, 230, 0), (255, 40, 40)
@@ -36,41 +36,28 @@ def _fit(image: torch.Tensor, longest: int) -> torch.Tensor:
     return torch.nn.functional.interpolate(image[None].float(), size=size, mode='area')[0].to(torch.uint8)
 
 
-class DetectionImageLogger(L.Callback):
-    """Every validation epoch: rows of truth (green) | prediction (red, score >= ``score_threshold``)."""
+class DetectionImageLogger(ValidationPanelLogger):
+    """Every validation epoch: rows of truth (green) | prediction (red, score >= ``score_threshold``),
+    scaled down to at most ``max_side`` pixels per panel."""
+
+    tag = 'val/boxes_truth_prediction'
 
     def __init__(self, num_images: int = 4, score_threshold: float = 0.5, max_side: int = 800):
-        self.num_images = num_images
+        super().__init__(num_images)
         self.score_threshold = score_threshold
         self.max_side = max_side
-        self._rows: List[torch.Tensor] = []
 
-    def on_validation_epoch_start(self, trainer, pl_module) -> None:
-        self._rows = []
-
-    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        if trainer.sanity_checking or tensorboard_writer(trainer) is None or len(self._rows) >= self.num_images:
-            return
+    def panels(self, trainer, pl_module, outputs, batch) -> List[torch.Tensor]:
         datamodule = trainer.datamodule
-        for image, target, detection in zip(batch[0], batch[1], outputs['detections']):
-            if len(self._rows) >= self.num_images:
-                break
+        rows = []
+        for image, target, detection in zip(batch[0][:self.num_images], batch[1], outputs['detections']):
             image = (denormalize(image[None], datamodule.mean, datamodule.std)[0] * 255).to(torch.uint8).cpu()
             keep = detection['scores'] >= self.score_threshold
             panels = [draw_boxes(image, target['boxes'], target['labels'], pl_module.class_names, TRUTH_COLOR),
                       draw_boxes(image, detection['boxes'][keep], detection['labels'][keep],
                                  pl_module.class_names, PREDICTION_COLOR, detection['scores'][keep])]
-            self._rows.append(_fit(torch.cat(panels, dim=2), 2 * self.max_side))
-
-    def on_validation_epoch_end(self, trainer, pl_module) -> None:
-        writer = tensorboard_writer(trainer)
-        if writer is None or not self._rows:
-            return
-        width = max(row.shape[2] for row in self._rows)
-        height = max(row.shape[1] for row in self._rows)
-        rows = [torch.nn.functional.pad(row, (0, width - row.shape[2], 0, height - row.shape[1]))
-                for row in self._rows]
-        writer.add_image('val/boxes_truth_prediction', make_grid(rows, nrow=1, padding=4), trainer.global_step)
+            rows.append(_fit(torch.cat(panels, dim=2), 2 * self.max_side))
+        return rows
 
 
 class DetectionPredictionWriter(RunFolderPredictionWriter):

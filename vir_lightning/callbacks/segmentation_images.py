@@ -2,14 +2,14 @@
 from pathlib import Path
 from typing import List, Sequence, Tuple
 
-import lightning as L
 import numpy as np
 import torch
 from PIL import Image
-from torchvision.utils import draw_segmentation_masks, make_grid
+from torchvision.utils import draw_segmentation_masks
 
 from datamodules.images import load_rgb
-from .classification_images import denormalize, tensorboard_writer
+from .classification_images import denormalize
+from .panels import ValidationPanelLogger
 from .prediction_writer import RunFolderPredictionWriter
 
 
@@ -45,38 +45,20 @@ def _resize_image(image: torch.Tensor, size) -> torch.Tensor:
     return resized[0].round().clamp(0, 255).to(torch.uint8)
 
 
-class SegmentationImageLogger(L.Callback):
+class SegmentationImageLogger(ValidationPanelLogger):
     """Every validation epoch: rows of image | ground-truth overlay | prediction overlay (rank 0 only)."""
 
-    def __init__(self, num_images: int = 4):
-        self.num_images = num_images
-        self._rows: List[torch.Tensor] = []
+    tag = 'val/image_truth_prediction'
 
-    def on_validation_epoch_start(self, trainer, pl_module) -> None:
-        self._rows = []
-
-    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        if trainer.sanity_checking or tensorboard_writer(trainer) is None or len(self._rows) >= self.num_images:
-            return
+    def panels(self, trainer, pl_module, outputs, batch) -> List[torch.Tensor]:
         datamodule = trainer.datamodule
         images = (denormalize(batch[0], datamodule.mean, datamodule.std) * 255).to(torch.uint8)
-        for image, truth, pred in zip(images, batch[1], outputs['preds']):
-            if len(self._rows) >= self.num_images:
-                break
+        rows = []
+        for image, truth, pred in zip(images[:self.num_images], batch[1], outputs['preds']):
             truth, pred = (_nearest(m, image.shape[-2:]) for m in (truth, pred))
-            panels = [image.cpu(), overlay(image, truth, pl_module.palette, pl_module.num_classes),
-                      overlay(image, pred, pl_module.palette, pl_module.num_classes)]
-            self._rows.append(torch.cat(panels, dim=2))
-
-    def on_validation_epoch_end(self, trainer, pl_module) -> None:
-        writer = tensorboard_writer(trainer)
-        if writer is None or not self._rows:
-            return
-        width = max(row.shape[2] for row in self._rows)
-        rows = [torch.nn.functional.pad(row, (0, width - row.shape[2])) for row in self._rows]
-        height = max(row.shape[1] for row in rows)
-        rows = [torch.nn.functional.pad(row, (0, 0, 0, height - row.shape[1])) for row in rows]
-        writer.add_image('val/image_truth_prediction', make_grid(rows, nrow=1, padding=4), trainer.global_step)
+            rows.append(torch.cat([image.cpu(), overlay(image, truth, pl_module.palette, pl_module.num_classes),
+                                   overlay(image, pred, pl_module.palette, pl_module.num_classes)], dim=2))
+        return rows
 
 
 class SegmentationPredictionWriter(RunFolderPredictionWriter):
