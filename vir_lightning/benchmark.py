@@ -125,7 +125,7 @@ def _detection_targets(batch: int, size: int, device: torch.device) -> List[dict
 
 # ---- timing ----------------------------------------------------------------------------------------
 @contextmanager
-def sdpa_backend(device: torch.device, pinned: Optional[str]):
+def sdpa_backend(pinned: Optional[str]):
     """Pin scaled_dot_product_attention to one backend (None: PyTorch's choice)."""
     if pinned is None:
         yield
@@ -153,12 +153,17 @@ def median_seconds(step: Callable[[], None], device: torch.device, warmup: int, 
     return times
 
 
+def _record(name: str, size: int, head: str, mode: Optional[str], args, dtype: torch.dtype, status: str) -> Dict:
+    """What identifies a point (tokens assume patch 16 until the model says otherwise)."""
+    return dict(backbone=name, family='ViR' if is_vir(name) else 'ViT', retention_mode=mode, size=size, head=head,
+                batch_size=args.batch_size, dtype=str(dtype).replace('torch.', ''), tokens=(size // 16) ** 2,
+                status=status)
+
+
 def measure(name: str, size: int, head: str, mode: Optional[str], args, device: torch.device,
             dtype: torch.dtype) -> Dict:
     """One point: inference and training figures, or the reason there are none."""
-    record = dict(backbone=name, family='ViR' if is_vir(name) else 'ViT', retention_mode=mode, size=size,
-                  head=head, batch_size=args.batch_size, dtype=str(dtype).replace('torch.', ''),
-                  tokens=(size // 16) ** 2, status='ok')
+    record = _record(name, size, head, mode, args, dtype, status='ok')
     torch.manual_seed(0)
     try:
         model = build_model(name, size, head, mode, args).to(device)
@@ -169,10 +174,10 @@ def measure(name: str, size: int, head: str, mode: Optional[str], args, device: 
     images = torch.randn(args.batch_size, 3, size, size, device=device)
     autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
     backends = [None] if is_vir(name) or args.sdpa == 'auto' else \
-        [b for b in SDPA_ORDER[SDPA_ORDER.index(args.sdpa):]]
+        list(SDPA_ORDER[SDPA_ORDER.index(args.sdpa):])
     for backend in backends:  # the first backend that runs is the one recorded
         try:
-            with sdpa_backend(device, backend):
+            with sdpa_backend(backend):
                 record.update(_run(model, images, head, args, device, autocast))
             record['sdpa_backend'] = backend.lower() if backend else ('none' if is_vir(name) else 'auto')
             break
@@ -198,9 +203,7 @@ def measure_isolated(name: str, size: int, head: str, mode: Optional[str], args,
         try:
             return pool.submit(measure, name, size, head, mode, args, device, dtype).result()
         except concurrent.futures.process.BrokenProcessPool:  # killed, typically by the out-of-memory killer
-            return dict(backbone=name, family='ViR' if is_vir(name) else 'ViT', retention_mode=mode, size=size,
-                        head=head, batch_size=args.batch_size, dtype=str(dtype).replace('torch.', ''),
-                        tokens=(size // 16) ** 2, status='OOM')
+            return _record(name, size, head, mode, args, dtype, status='OOM')
 
 
 def _run(model, images, head: str, args, device: torch.device, autocast) -> Dict:

@@ -7,7 +7,7 @@ runs there; the figures are then broadcast so every rank logs the same values. t
 own distributed mode syncs variable-length lists of tensors across ranks, which is slow on
 COCO-sized sets and known to hang; this does one object gather instead.
 """
-from typing import Dict, List
+from typing import Any, Dict, List
 
 import torch
 import torch.distributed as dist
@@ -22,6 +22,16 @@ MAP_KEYS = {
 
 def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def gather_on_rank_zero(results: Dict[int, Any]) -> Dict[int, Any]:
+    """Per-image results of every process merged on rank 0, by image id, so that an image the
+    distributed sampler repeated counts once; without distribution, ``results`` themselves."""
+    if not _distributed():
+        return results
+    parts = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
+    dist.gather_object(results, parts, dst=0)
+    return {image_id: value for part in parts or [] for image_id, value in part.items()}
 
 
 def _cpu(sample: Dict[str, torch.Tensor], keys) -> Dict[str, torch.Tensor]:
@@ -52,18 +62,8 @@ class DetectionEvaluator:
             self.results[int(target['image_id'])] = (
                 _cpu(detection, ('boxes', 'scores', 'labels')), _cpu(target, ('boxes', 'labels', 'iscrowd')))
 
-    def _gathered(self) -> Dict[int, tuple]:
-        if not _distributed():
-            return self.results
-        parts = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
-        dist.gather_object(self.results, parts, dst=0)
-        merged = {}
-        for part in parts or []:
-            merged.update(part)  # an image evaluated on two ranks (sampler padding) counts once
-        return merged
-
     def compute(self) -> Dict[str, float]:
-        results = self._gathered()
+        results = gather_on_rank_zero(self.results)
         figures = [None]
         if not _distributed() or dist.get_rank() == 0:
             figures[0] = self._map(results)

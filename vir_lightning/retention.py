@@ -29,6 +29,8 @@ from typing import List
 import torch
 import torch.nn.functional as F
 
+from .retention_fla import fla_available, retention_fla
+
 RETENTION_MODES = ('parallel', 'recurrent', 'chunkwise')
 DIRECTIONS = ('causal', 'bidirectional')
 DECAY_SCHEDULES = ('vir', 'retnet')
@@ -196,7 +198,6 @@ def _chunkwise_bidirectional(
 def _use_fla(kernel: str, q: torch.Tensor) -> bool:
     if kernel == 'torch':
         return False
-    from .retention_fla import fla_available
     usable = fla_available() and q.is_cuda and q.dtype != torch.float64
     if kernel == 'fla' and not usable:
         raise RuntimeError(
@@ -234,7 +235,6 @@ def retention(
         return v.new_zeros(v.shape)
     log_decay = log_decay.to(device=q.device, dtype=_decay_dtype(q))
     if mode == 'chunkwise' and _use_fla(kernel, q):
-        from .retention_fla import retention_fla
         return retention_fla(q, k, v, log_decay, direction)
     if mode == 'parallel':
         return retention_parallel(q, k, v, log_decay, direction)

@@ -5,11 +5,11 @@ from typing import Dict, List, Sequence
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from PIL import Image
 from torchvision.utils import draw_bounding_boxes
 
 from datamodules.images import load_rgb
+from ..detection_eval import gather_on_rank_zero
 from .classification_images import denormalize
 from .panels import ValidationPanelLogger
 from .prediction_writer import RunFolderPredictionWriter
@@ -93,11 +93,7 @@ class DetectionPredictionWriter(RunFolderPredictionWriter):
                 self.run_dir / f'{path.stem}_boxes.jpg', quality=90)
 
     def on_predict_end(self, trainer, pl_module) -> None:
-        results = self._results
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            parts = [None] * dist.get_world_size()
-            dist.all_gather_object(parts, results)
-            results = {k: v for part in parts for k, v in part.items()}  # padded repeats count once
+        results = gather_on_rank_zero(self._results)
         if trainer.is_global_zero:
             detections = [d for image_id in sorted(results) for d in results[image_id]]
             (self.run_dir / 'detections.json').write_text(json.dumps(detections))

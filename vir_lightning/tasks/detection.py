@@ -27,7 +27,7 @@ class DetectionTask(VisionTask):
             ``features_only=True`` and the last block as ``out_indices`` (a timm ViT needs
             ``dynamic_img_size: true`` for images of varying size).
         detector: 'faster_rcnn', 'retinanet' or 'fcos'; detector_kwargs go to its torchvision
-            constructor (box_score_thresh, box_detections_per_img, score_thresh, ...).
+            constructor (box_score_thresh, rpn_post_nms_top_n_test, score_thresh, ...).
         pyramid_channels: channels of every pyramid level (256 in ViTDet).
         anchor_sizes: one base anchor size per level (5, fine to coarse); None: torchvision's.
         detections_per_image: most detections per image, kept by the detector and counted by mAP
