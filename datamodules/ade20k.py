@@ -9,7 +9,6 @@ convention, as in mmseg) raw 0 is "unlabelled" and becomes the ignore value 255,
 metadata (``CLASS_NAMES`` / ``PALETTE`` class attributes, or the ``class_names`` / ``palette``
 arguments); see datamodules/synthetic_scenes.py.
 """
-import functools
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -18,24 +17,16 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from vir_lightning.errors import DataNotFoundError, UserError
-from .base import IMAGENET_MEAN, IMAGENET_STD, VisionDataModule
-from .images import SeededTransform, list_images, load_rgb
+from vir_lightning.palette import default_palette
+from .base import VisionDataModule
+from .images import AlbumentationsTransform, ImageFiles, SeededTransform, list_images, load_rgb, predict_paths
 from .seg_transforms import IGNORE_INDEX, segmentation_eval_transform, segmentation_train_transform
 
 ADE20K_URL = 'http://data.csail.mit.edu/places/ADEchallenge/ADEChallengeData2016.zip'
 ANNOTATION_SUFFIX = '.png'
-
-
-@functools.lru_cache(maxsize=None)
-def ade20k_metainfo() -> Tuple[Tuple[str, ...], Tuple[Tuple[int, int, int], ...]]:
-    """ADE20K's 150 class names and palette, from mmseg's ADE20KDataset.METAINFO."""
-    from vir_lightning.mmseg_compat import ensure_mmseg_importable
-    ensure_mmseg_importable()
-    from mmseg.datasets import ADE20KDataset
-    meta = ADE20KDataset.METAINFO
-    return tuple(meta['classes']), tuple(tuple(int(v) for v in color) for color in meta['palette'])
 
 
 def load_label_map(path) -> np.ndarray:
@@ -128,30 +119,6 @@ class SegmentationPairs(Dataset):
         return [str(image) for image, _ in self.pairs]
 
 
-class SegmentationImages(Dataset):
-    """Images without annotations, for predict; items are (image, a mask of 255s of the ORIGINAL size).
-
-    The placeholder mask carries the original size so predictions are returned at full resolution.
-    """
-
-    def __init__(self, paths: List[Path], transform, ignore_index: int = IGNORE_INDEX):
-        self.paths = paths
-        self.transform = transform
-        self.ignore_index = ignore_index
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int):
-        image = load_rgb(self.paths[index])
-        mask = torch.full(image.shape[:2], self.ignore_index, dtype=torch.long)
-        return self.transform(image=image)['image'], mask
-
-    @property
-    def sample_names(self) -> List[str]:
-        return [str(p) for p in self.paths]
-
-
 class ADE20KDataModule(VisionDataModule):
     """ADE20K semantic segmentation with the mmseg training recipe, augmented with albumentations.
 
@@ -202,8 +169,8 @@ class ADE20KDataModule(VisionDataModule):
             photometric: bool = True,
             class_names: Optional[List[str]] = None,
             palette: Optional[List[Tuple[int, int, int]]] = None,
-            mean: Sequence[float] = IMAGENET_MEAN,
-            std: Sequence[float] = IMAGENET_STD,
+            mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
+            std: Sequence[float] = IMAGENET_DEFAULT_STD,
     ):
         super().__init__(root, batch_size, num_workers, image_size, mean, std)
         self.save_hyperparameters(ignore=['class_names', 'palette'])  # the task logs these
@@ -227,6 +194,7 @@ class ADE20KDataModule(VisionDataModule):
             return list(self._class_names)
         if self.CLASS_NAMES is not None:
             return list(self.CLASS_NAMES)
+        from vir_lightning.mmseg import ade20k_metainfo  # mmseg only when ADE20K's own metadata is asked for
         return list(ade20k_metainfo()[0])
 
     @property
@@ -240,9 +208,9 @@ class ADE20KDataModule(VisionDataModule):
         if self.PALETTE is not None:
             return [tuple(c) for c in self.PALETTE]
         if self.CLASS_NAMES is None and self._class_names is None:
+            from vir_lightning.mmseg import ade20k_metainfo
             return list(ade20k_metainfo()[1])
-        rng = np.random.default_rng(0)  # a custom class list without colours: fixed random ones
-        return [tuple(int(v) for v in rng.integers(0, 256, 3)) for _ in range(self.num_classes)]
+        return default_palette(self.num_classes)  # a custom class list without colours
 
     @property
     def ignore_index(self) -> int:
@@ -346,17 +314,11 @@ class ADE20KDataModule(VisionDataModule):
         if stage == 'test':
             self.test_set = self._pairs_dataset(self.test_split, train=False)
         if stage == 'predict':
-            if self.predict_dir is not None:
-                if not self.predict_dir.is_dir():
-                    raise DataNotFoundError(f"--data.predict_dir '{self.predict_dir}' is not a folder")
-                paths = list_images(self.predict_dir)
-                where = self.predict_dir
-            else:
+            if self.predict_dir is None:
                 self.check_layout([self.val_split])
-                paths, where = list_images(self.image_dir(self.val_split)), self.image_dir(self.val_split)
-            if not paths:
-                raise UserError(f"no images found under '{where}' (looked for {', '.join(IMG_EXTENSIONS)})")
-            self.predict_set = SegmentationImages(paths, SeededTransform(self.eval_transform()), self.ignore_index)
+            where, option = (self.predict_dir, '--data.predict_dir') if self.predict_dir else \
+                (self.image_dir(self.val_split), 'the validation split')
+            self.predict_set = ImageFiles(predict_paths(where, option), AlbumentationsTransform(self.eval_transform()))
 
     @property
     def eval_batch_size(self) -> int:

@@ -5,11 +5,10 @@ from typing import Callable, Optional, Sequence
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from vir_lightning.errors import UserError
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class VisionDataModule(L.LightningDataModule):
@@ -29,8 +28,8 @@ class VisionDataModule(L.LightningDataModule):
             batch_size: int = 64,
             num_workers: int = 4,
             image_size: int = 224,
-            mean: Sequence[float] = IMAGENET_MEAN,
-            std: Sequence[float] = IMAGENET_STD,
+            mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
+            std: Sequence[float] = IMAGENET_DEFAULT_STD,
     ):
         super().__init__()
         if batch_size < 1:

@@ -21,12 +21,12 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
-from torchvision.datasets.folder import IMG_EXTENSIONS
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from vir_lightning.errors import DataNotFoundError, UserError
-from .base import IMAGENET_MEAN, IMAGENET_STD, VisionDataModule
+from .base import VisionDataModule
 from .det_transforms import detection_eval_transform, detection_train_transform
-from .images import SeededTransform, list_images, load_rgb
+from .images import AlbumentationsTransform, ImageFiles, SeededTransform, load_rgb, predict_paths
 
 COCO_URL = 'https://cocodataset.org/#download'
 
@@ -198,26 +198,6 @@ class CocoDetection(Dataset):
         return [str(self.image_dir / info['file_name']) for info in self.annotations.images]
 
 
-class DetectionImages(Dataset):
-    """Images without annotations, for predict; image ids are their positions in ``paths``."""
-
-    def __init__(self, paths: List[Path], transform):
-        self.paths = paths
-        self.transform = SeededTransform(transform)
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int):
-        image = load_rgb(self.paths[index])
-        out = self.transform(image=image, bboxes=np.zeros((0, 4), np.float32), labels=[], iscrowd=[])
-        return out['image'], _target(index, image, out)
-
-    @property
-    def sample_names(self) -> List[str]:
-        return [str(p) for p in self.paths]
-
-
 class COCODataModule(VisionDataModule):
     """COCO-format detection: batches are (list of images, list of torchvision target dicts).
 
@@ -254,8 +234,8 @@ class COCODataModule(VisionDataModule):
             jitter_scale: Tuple[float, float] = (0.1, 2.0),
             hflip: float = 0.5,
             vflip: float = 0.0,
-            mean: Sequence[float] = IMAGENET_MEAN,
-            std: Sequence[float] = IMAGENET_STD,
+            mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
+            std: Sequence[float] = IMAGENET_DEFAULT_STD,
     ):
         super().__init__(root, batch_size, num_workers, image_size, mean, std)
         self.save_hyperparameters()
@@ -353,17 +333,9 @@ class COCODataModule(VisionDataModule):
             if self.predict_images is None:
                 self.predict_set = self._dataset('val', train=False)
                 return
-            if self.predict_images.is_file():
-                paths = [self.predict_images]
-            elif self.predict_images.is_dir():
-                paths = list_images(self.predict_images)
-            else:
-                raise DataNotFoundError(f"--data.predict_images '{self.predict_images}' is neither a folder "
-                                        f"nor an image file")
-            if not paths:
-                raise UserError(f"no images found under '{self.predict_images}' "
-                                f"(looked for {', '.join(IMG_EXTENSIONS)})")
-            self.predict_set = DetectionImages(paths, self.eval_transform())
+            no_boxes = {'bboxes': np.zeros((0, 4), np.float32), 'labels': [], 'iscrowd': []}
+            self.predict_set = ImageFiles(predict_paths(self.predict_images, '--data.predict_images'),
+                                          AlbumentationsTransform(self.eval_transform(), fields=no_boxes))
 
     def collate_fn(self):
         return collate_detection

@@ -3,15 +3,14 @@ import os
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
-from timm.data.auto_augment import rand_augment_transform
-from torch.utils.data import Dataset
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from vir_lightning.errors import DataNotFoundError, UserError
-from .base import IMAGENET_MEAN, IMAGENET_STD, VisionDataModule
-from .images import AlbumentationsTransform, list_images, load_rgb
-from .transforms import classification_eval_transform, classification_train_transform
+from .base import VisionDataModule
+from .images import AlbumentationsTransform, ImageFiles, load_rgb, predict_paths
+from .transforms import classification_eval_transform, classification_train_transform, build_rand_augment
 
 
 class ClassFolder(ImageFolder):
@@ -33,27 +32,6 @@ class ClassFolder(ImageFolder):
     @property
     def sample_names(self) -> List[str]:
         return [path for path, _ in self.samples]
-
-
-class ImageFiles(Dataset):
-    """Unlabelled images under a folder (recursive), for predict."""
-
-    def __init__(self, root: Path, transform=None):
-        self.paths = list_images(root)
-        if not self.paths:
-            raise UserError(f"no images found under --data.predict_dir '{root}'")
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int):
-        image = load_rgb(self.paths[index])
-        return (self.transform(image) if self.transform else image), -1
-
-    @property
-    def sample_names(self) -> List[str]:
-        return [str(p) for p in self.paths]
 
 
 class ImageFolderDataModule(VisionDataModule):
@@ -85,14 +63,16 @@ class ImageFolderDataModule(VisionDataModule):
             color_jitter: float = 0.4,
             random_erasing: float = 0.25,
             rand_augment: Optional[str] = None,
-            mean: Sequence[float] = IMAGENET_MEAN,
-            std: Sequence[float] = IMAGENET_STD,
+            mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
+            std: Sequence[float] = IMAGENET_DEFAULT_STD,
     ):
         super().__init__(root, batch_size, num_workers, image_size, mean, std)
         self.save_hyperparameters()
         self.train_dir, self.val_dir = self.root / train_dir, self.root / val_dir
         self.test_dir = self.root / test_dir if test_dir else self.val_dir
         self.predict_dir = Path(predict_dir).expanduser() if predict_dir else None
+        if rand_augment:
+            build_rand_augment(rand_augment)  # a malformed policy fails here, before any model is built
         self.classes = self._find_classes()
         if expected_num_classes is not None and expected_num_classes != len(self.classes):
             raise UserError(
@@ -130,8 +110,7 @@ class ImageFolderDataModule(VisionDataModule):
             self.image_size, self.mean, self.std, hp.scale, color_jitter=hp.color_jitter,
             random_erasing=hp.random_erasing,
         ) if train else classification_eval_transform(self.image_size, self.mean, self.std, hp.crop_pct)
-        policy = rand_augment_transform(hp.rand_augment, {'img_mean': (124, 116, 104)}) \
-            if train and hp.rand_augment else None
+        policy = build_rand_augment(hp.rand_augment) if train and hp.rand_augment else None
         dataset = ClassFolder(folder, self.classes, AlbumentationsTransform(pipeline, policy))
         if len(dataset) == 0:
             raise UserError(f"no images found under '{folder}' (looked for {', '.join(IMG_EXTENSIONS)})")
@@ -147,5 +126,5 @@ class ImageFolderDataModule(VisionDataModule):
         if stage == 'predict':
             eval_transform = AlbumentationsTransform(
                 classification_eval_transform(self.image_size, self.mean, self.std, self.hparams.crop_pct))
-            self.predict_set = ImageFiles(self.predict_dir, eval_transform) if self.predict_dir \
-                else self._folder(self.val_dir, train=False)
+            self.predict_set = ImageFiles(predict_paths(self.predict_dir, '--data.predict_dir'), eval_transform) \
+                if self.predict_dir else self._folder(self.val_dir, train=False)

@@ -1,13 +1,14 @@
-"""Reading images from disk: RGB always, and an error that names the file when one is broken."""
+"""Reading images from disk (RGB always, an error that names a broken file), seeded augmentation, predict inputs."""
 from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
-from torch.utils.data import get_worker_info
+from torch.utils.data import Dataset, get_worker_info
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from vir_lightning.errors import UserError
+from vir_lightning.errors import DataNotFoundError, UserError
 
 
 def load_rgb(path) -> np.ndarray:
@@ -47,17 +48,57 @@ class AlbumentationsTransform:
     """Adapts an albumentations pipeline to datasets that call ``transform(image)``.
 
     ``pil_transform`` (e.g. timm's RandAugment, which albumentations lacks) runs first, on a PIL image.
+    ``fields``: fixed extra inputs the pipeline requires, e.g. empty boxes for a detection pipeline.
     """
 
-    def __init__(self, pipeline, pil_transform=None):
+    def __init__(self, pipeline, pil_transform=None, fields: Optional[Dict[str, Any]] = None):
         self.pipeline = SeededTransform(pipeline)
         self.pil_transform = pil_transform
+        self.fields = fields or {}
 
     def __call__(self, image: np.ndarray):
         if self.pil_transform is not None:
             image = np.asarray(self.pil_transform(Image.fromarray(image)))
-        return self.pipeline(image=image)['image']
+        return self.pipeline(image=image, **self.fields)['image']
 
 
-def list_images(folder: Path) -> list:
+def list_images(folder: Path) -> List[Path]:
     return sorted(p for p in Path(folder).rglob('*') if p.suffix.lower() in IMG_EXTENSIONS)
+
+
+class ImageFiles(Dataset):
+    """Unlabelled image files, for ``predict``; items are (image, info).
+
+    ``info`` holds ``image_id`` (the position in ``paths``), ``orig_size`` (the file's (h, w)) and
+    ``size`` (the (h, w) after ``transform``), so predictions can be mapped back to the file's pixels.
+    """
+
+    def __init__(self, paths: Sequence[Path], transform: Callable[[np.ndarray], torch.Tensor]):
+        self.paths = list(paths)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int):
+        array = load_rgb(self.paths[index])
+        image = self.transform(array)
+        return image, {'image_id': torch.tensor(index), 'orig_size': torch.tensor(array.shape[:2]),
+                       'size': torch.tensor(image.shape[-2:])}
+
+    @property
+    def sample_names(self) -> List[str]:
+        return [str(p) for p in self.paths]
+
+
+def predict_paths(location: Path, option: str) -> List[Path]:
+    """The images of a folder (recursively) or a single image file; an error naming ``option`` when there are none."""
+    location = Path(location)
+    if location.is_file():
+        return [location]
+    if not location.is_dir():
+        raise DataNotFoundError(f"{option} '{location}' is neither a folder nor an image file")
+    paths = list_images(location)
+    if not paths:
+        raise UserError(f"no images found under {option} '{location}' (looked for {', '.join(IMG_EXTENSIONS)})")
+    return paths

@@ -18,26 +18,23 @@ scene types alternate (street, lake, park, coast), so any four consecutive image
 
 Numbers from it measure only that a pipeline learns; they say nothing about ADE20K or real scenes.
 """
-import os
-import shutil
-import time
 from pathlib import Path
 from typing import Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image, ImageDraw
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from vir_lightning.errors import UserError
 from .ade20k import ADE20KDataModule
-from .base import IMAGENET_MEAN, IMAGENET_STD
+from .prepared import is_prepared, write_once
 
 SYNTHETIC_CLASSES = ('sky', 'building', 'tree', 'grass', 'road', 'water', 'car')
 SYNTHETIC_PALETTE = ((70, 130, 180), (70, 70, 70), (107, 142, 35), (152, 251, 152), (128, 64, 128),
                      (0, 80, 200), (0, 0, 142))
 SKY, BUILDING, TREE, GRASS, ROAD, WATER, CAR = range(1, 8)  # raw values in the PNGs; 0 = unlabelled
 SCENE_TYPES = ('street', 'lake', 'park', 'coast')
-GENERATOR_VERSION = 1
-README = 'README.txt'
+GENERATOR, GENERATOR_VERSION = 'synthetic_scenes', 1
 
 
 # ---- drawing ---------------------------------------------------------------------------------
@@ -331,12 +328,11 @@ def _readme(num_train: int, num_val: int, seed: int) -> str:
         "Annotations: 0 = unlabelled (ignored), then\n"
         f"{classes}\n\n"
         "Scores measured on it show only that a model and pipeline learn; they say nothing about\n"
-        "ADE20K or real images. Delete this folder to regenerate it.\n\n"
-        f"{_signature(num_train, num_val, seed)}\n")
+        "ADE20K or real images. Delete this folder to regenerate it.\n")
 
 
 def _signature(num_train: int, num_val: int, seed: int) -> str:
-    return f"generator: synthetic_scenes v{GENERATOR_VERSION} seed={seed} training={num_train} validation={num_val}"
+    return f"generator: {GENERATOR} v{GENERATOR_VERSION} seed={seed} training={num_train} validation={num_val}"
 
 
 class SyntheticScenesDataModule(ADE20KDataModule):
@@ -373,8 +369,8 @@ class SyntheticScenesDataModule(ADE20KDataModule):
             cat_max_ratio: float = 0.75,
             hflip: float = 0.5,
             photometric: bool = True,
-            mean: Sequence[float] = IMAGENET_MEAN,
-            std: Sequence[float] = IMAGENET_STD,
+            mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
+            std: Sequence[float] = IMAGENET_DEFAULT_STD,
     ):
         if num_train < 1 or num_val < 1:
             raise UserError(f"--data.num_train and --data.num_val must be at least 1, got {num_train}, {num_val}")
@@ -392,34 +388,16 @@ class SyntheticScenesDataModule(ADE20KDataModule):
                 f"prepare_data() (the Trainer calls it); delete '{self.root}' if it is incomplete.")
 
     def is_prepared(self) -> bool:
-        readme = self.root / README
-        return readme.is_file() and \
-            _signature(self.num_train, self.num_val, self.seed) in readme.read_text(errors='replace')
+        return is_prepared(self.root, _signature(self.num_train, self.num_val, self.seed))
 
     def prepare_data(self) -> None:
-        """Write the scenes into root unless they are there; atomic (written aside, then renamed)."""
-        if self.is_prepared():
-            return
-        root = self.root
-        if root.exists() and not (root / README).is_file() and any(root.iterdir()):
-            raise UserError(
-                f"'{root}' exists and is not a synthetic demo set (it has no {README}); "
-                f"choose another --data.root or delete the folder")
-        root.parent.mkdir(parents=True, exist_ok=True)
-        partial = root.parent / f'.{root.name}.partial-{os.getpid()}'
-        shutil.rmtree(partial, ignore_errors=True)
-        start = time.perf_counter()
-        generate_scenes(partial, self.num_train, self.num_val, self.seed)
-        (partial / README).write_text(_readme(self.num_train, self.num_val, self.seed))
-        self.generation_seconds = time.perf_counter() - start
-        if root.exists():  # an older synthetic set (other seed or counts), or an empty folder
-            shutil.rmtree(root)
-        try:
-            partial.rename(root)
-        except OSError:
-            if not self.is_prepared():  # another process finished first otherwise
-                raise
-            shutil.rmtree(partial, ignore_errors=True)
+        """Write the scenes into root unless they are there (a few seconds; atomic, see ``prepared.py``)."""
+        def generate(folder: Path) -> str:
+            generate_scenes(folder, self.num_train, self.num_val, self.seed)
+            return _readme(self.num_train, self.num_val, self.seed)
+
+        write_once(self.root, _signature(self.num_train, self.num_val, self.seed), GENERATOR, 'synthetic demo scene',
+                   generate)
 
     def setup(self, stage: str) -> None:
         if not self.is_prepared() and not (stage == 'predict' and self.predict_dir):

@@ -1,8 +1,15 @@
-"""albumentations pipelines for classification (numpy HWC uint8 in, normalised CHW tensor out)."""
+"""Classification augmentation: albumentations pipelines (numpy HWC uint8 in, normalised CHW tensor out)
+and timm's RandAugment, made safe for every policy string."""
 from typing import Sequence
 
 import albumentations as A
 from albumentations.pytorch import ToTensorV2
+from PIL import Image
+from timm.data.auto_augment import RandAugment, posterize, rand_augment_transform
+
+from vir_lightning.errors import UserError
+
+RAND_AUGMENT_FILL = (124, 116, 104)  # timm's mean-colour fill for geometric ops
 
 
 def classification_train_transform(
@@ -31,3 +38,32 @@ def classification_eval_transform(
         A.Normalize(mean=mean, std=std),
         ToTensorV2(),
     ])
+
+
+def posterize_any_bits(image: Image.Image, bits_to_keep: int, **kwargs) -> Image.Image:
+    """timm's posterize for any bit count: keeping 0 (or fewer) bits gives black, as Pillow did before 13.
+
+    timm maps the top magnitude of 'PosterizeIncreasing' (and the lowest of 'Posterize') to 0 bits;
+    Pillow 13 rejects 0, so a run with e.g. 'rand-m9-mstd0.5-inc1', whose sampled magnitude reaches
+    10 now and then, died within the first thousands of images.
+    """
+    if bits_to_keep <= 0:
+        return image.point(lambda _: 0)
+    return posterize(image, bits_to_keep, **kwargs)
+
+
+def build_rand_augment(policy: str) -> RandAugment:
+    """timm's RandAugment for a policy string ('rand-m9-mstd0.5-inc1', ...), safe at every sampled magnitude."""
+    try:
+        if not policy.startswith('rand'):
+            raise AssertionError
+        transform = rand_augment_transform(policy, {'img_mean': RAND_AUGMENT_FILL})
+    except (AssertionError, ValueError) as error:
+        raise UserError(
+            f"--data.rand_augment {policy!r} is not a timm RandAugment policy: write 'rand' followed by "
+            f"'-'-separated options m<magnitude>, n<ops>, mstd<std>, mmax<max>, inc<0|1>, p<prob>, "
+            f"e.g. 'rand-m9-mstd0.5-inc1'") from error
+    for op in transform.ops:
+        if op.aug_fn is posterize:
+            op.aug_fn = posterize_any_bits
+    return transform

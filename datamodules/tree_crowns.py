@@ -10,7 +10,7 @@ import pulls in its own dependencies, which would replace this project's torch).
     root/val/*.png     the 1249x1035 Yellowstone image whole, at full resolution (13 km from the train image)
     root/annotations/instances_{train,val}.json   COCO; one category, tree (Alive/Dead merged)
     root/full/*.png    the 2299x2472 image whole (no annotations), to try predict at full resolution
-    root/README.txt    says what this is; its last line marks the folder complete
+    root/README.txt    says what this is; its last line marks the folder complete (see prepared.py)
 
 Boxes are the VOC pixel-edge coordinates as given: COCO bbox = [xmin, ymin, xmax - xmin, ymax - ymin].
 A tile keeps a crown when at least ``min_visible`` of its box lies inside the tile, clipped to the tile.
@@ -18,23 +18,21 @@ A tile keeps a crown when at least ``min_visible`` of its box lies inside the ti
 """
 import importlib.util
 import json
-import os
-import shutil
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
 from PIL import Image
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from vir_lightning.errors import DataNotFoundError, UserError
-from .base import IMAGENET_MEAN, IMAGENET_STD
 from .coco import COCODataModule
+from .prepared import is_prepared, write_once
 
 DEEPFOREST_VERSION = '2.1.0'
 GENERATOR_VERSION = 1
 GENERATOR = 'tree_crowns_coco'
-README = 'README.txt'
 FULL = 'full'  # the tiled image whole, unannotated: `predict --data.predict_images root/full`
 TILED_TRAIN = '2019_YELL_2_528000_4978000_image_crop2'  # 574 crowns: cut into tiles
 TILED_TRAIN_SIZE = (2299, 2472)  # width, height
@@ -142,15 +140,6 @@ def _signature(tile_size: int, stride: int, min_visible: float) -> str:
             f'min_visible={float(min_visible)}')
 
 
-def _recorded_signature(root: Path) -> Optional[str]:
-    """The last line of root's README, or None when it has no README."""
-    readme = root / README
-    if not readme.is_file():
-        return None
-    lines = readme.read_text(errors='replace').strip().splitlines()
-    return lines[-1] if lines else ''
-
-
 def _readme(counts: Dict[str, int], tile_size: int, stride: int, min_visible: float) -> str:
     return (
         "REAL AERIAL IMAGES - TREE-CROWN DETECTION DEMO (COCO format)\n\n"
@@ -172,8 +161,7 @@ def _readme(counts: Dict[str, int], tile_size: int, stride: int, min_visible: fl
         f"full/{TILED_TRAIN}.png: the tiled image whole, to try predict at full resolution.\n"
         "(bbox = [x, y, width, height] in pixels, VOC pixel edges as given).\n"
         "Few images: scores measured on it show that a detector learns on real data, not how it\n"
-        "ranks against others. Delete this folder to regenerate it.\n\n"
-        f"{_signature(tile_size, stride, min_visible)}\n")
+        "ranks against others. Delete this folder to regenerate it.\n")
 
 
 def _check_parameters(tile_size: int, stride: int, min_visible: float) -> None:
@@ -188,46 +176,28 @@ def _check_parameters(tile_size: int, stride: int, min_visible: float) -> None:
 
 def is_complete(root: Union[str, Path], tile_size: int = 400, stride: int = 400, min_visible: float = 0.5) -> bool:
     """Whether root holds the finished conversion made with these parameters."""
-    return _recorded_signature(Path(root)) == _signature(tile_size, stride, min_visible)
+    return is_prepared(Path(root), _signature(tile_size, stride, min_visible))
 
 
 def write_tree_crowns_coco(root: Union[str, Path], tile_size: int = 400, stride: int = 400,
                            min_visible: float = 0.5) -> Dict[str, int]:
-    """Convert deepforest's tree crowns into a COCO folder at root, unless it is there; returns the counts.
+    """Convert deepforest's tree crowns into a COCO folder at root, unless it is there; returns the counts
+    ``{'train_images', 'train_boxes', 'val_images', 'val_boxes'}``.
 
-    Atomic: written into a sibling ``.{root.name}.partial-{pid}`` folder, then renamed to root. A
-    conversion made with other parameters is replaced; a non-empty folder that is not one raises.
-    Returns ``{'train_images', 'train_boxes', 'val_images', 'val_boxes'}``.
+    Written once and atomically (``prepared.write_once``); a conversion made with other parameters
+    is replaced, a non-empty folder that is not one raises.
     """
     root = Path(root)
     _check_parameters(tile_size, stride, min_visible)
-    if is_complete(root, tile_size, stride, min_visible):
-        return _read_counts(root)
-    recorded = _recorded_signature(root)
-    ours = recorded is not None and recorded.startswith(f'generator: {GENERATOR} ')
-    if root.exists() and not ours and (not root.is_dir() or any(root.iterdir())):
-        raise UserError(
-            f"'{root}' exists and is not a tree-crown demo folder (it has no {README} written by {GENERATOR}); "
-            f"choose another --data.root or delete the folder")
-    source = deepforest_data_dir()
-    root.parent.mkdir(parents=True, exist_ok=True)
-    partial = root.parent / f'.{root.name}.partial-{os.getpid()}'
-    shutil.rmtree(partial, ignore_errors=True)
-    try:
-        counts = _convert(source, partial, tile_size, stride, min_visible)
-        (partial / README).write_text(_readme(counts, tile_size, stride, min_visible))
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
-    if root.exists():  # an older conversion (other parameters), or an empty folder
-        shutil.rmtree(root)
-    try:
-        partial.rename(root)
-    except OSError:
-        if not is_complete(root, tile_size, stride, min_visible):  # another process finished first otherwise
-            raise
-        shutil.rmtree(partial, ignore_errors=True)
-    return counts
+    signature = _signature(tile_size, stride, min_visible)
+    if not is_prepared(root, signature):
+        source = deepforest_data_dir()
+
+        def convert(folder: Path) -> str:
+            return _readme(_convert(source, folder, tile_size, stride, min_visible), tile_size, stride, min_visible)
+
+        write_once(root, signature, GENERATOR, 'tree-crown demo', convert)
+    return _read_counts(root)
 
 
 def _read_counts(root: Path) -> Dict[str, int]:
@@ -268,8 +238,8 @@ class TreeCrownsDataModule(COCODataModule):
             keep_resolution: bool = True,
             hflip: float = 0.5,
             vflip: float = 0.5,
-            mean: Sequence[float] = IMAGENET_MEAN,
-            std: Sequence[float] = IMAGENET_STD,
+            mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
+            std: Sequence[float] = IMAGENET_DEFAULT_STD,
     ):
         _check_parameters(tile_size, stride, min_visible)
         self.tile_size, self.stride, self.min_visible = tile_size, stride, min_visible

@@ -1,25 +1,18 @@
-"""Classification heads over pooled backbone features [B, C] -> logits [B, num_classes]."""
-import torch
+"""Classification heads over pooled backbone features [B, C] -> logits [B, num_classes].
+
+'linear' is no module here: it is the backbone's own timm classifier (``timm.create_model(name,
+num_classes=K)``, dropout from timm's ``drop_rate``), so a timm checkpoint's head loads into it.
+'mlp' puts a tanh hidden layer before the classifier (the pre-logits of the original ViT), as
+timm's ``Mlp``.
+"""
+from typing import Literal
+
 import torch.nn as nn
+from timm.layers import Mlp
+
+ClassificationHeadName = Literal['linear', 'mlp']
 
 
-class LinearHead(nn.Sequential):
-    """Dropout + linear classifier: the ViT/ViR head."""
-
-    def __init__(self, in_features: int, num_classes: int, dropout: float = 0.0):
-        super().__init__(nn.Dropout(dropout), nn.Linear(in_features, num_classes))
-        nn.init.trunc_normal_(self[1].weight, std=0.02)
-        nn.init.zeros_(self[1].bias)
-
-
-class MLPHead(nn.Module):
-    """A hidden layer with tanh before the classifier (timm's pre-logits, for linear-probe style fine-tuning)."""
-
-    def __init__(self, in_features: int, num_classes: int, hidden_features: int = 0, dropout: float = 0.0):
-        super().__init__()
-        hidden_features = hidden_features or in_features
-        self.pre_logits = nn.Sequential(nn.Linear(in_features, hidden_features), nn.Tanh())
-        self.classifier = LinearHead(hidden_features, num_classes, dropout)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.pre_logits(x))
+def mlp_head(in_features: int, num_classes: int, hidden_features: int = 0, dropout: float = 0.0) -> Mlp:
+    """Linear -> tanh -> dropout -> linear classifier; ``hidden_features`` 0 means ``in_features``."""
+    return Mlp(in_features, hidden_features or in_features, num_classes, act_layer=nn.Tanh, drop=(dropout, 0.0))

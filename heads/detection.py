@@ -3,24 +3,26 @@
 From the last backbone map (stride p) it builds maps at scales 4, 2, 1 and 0.5 (strides p/4 ...
 2p) with deconvolutions / max-pooling, each followed by 1x1 and 3x3 convolutions with
 LayerNorm (Li et al., "Exploring Plain Vision Transformer Backbones for Object Detection"),
-plus a max-pooled extra level ('pool') as torchvision's FPN gives. torchvision has only the
-multi-input FPN, hence this module. The output is the OrderedDict with ``out_channels`` that
+plus the max-pooled extra level ('pool') of torchvision's FPN (its ``LastLevelMaxPool``).
+torchvision has only the multi-input FPN, hence this module. The output is the OrderedDict with ``out_channels`` that
 torchvision's FasterRCNN / RetinaNet / FCOS expect (keys '0'..'3' and 'pool').
 ``create_detector`` puts one of those detectors on top.
 """
 import math
 from collections import OrderedDict
-from typing import Optional, Sequence
+from typing import Literal, Optional, Sequence, get_args
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from timm.layers import LayerNorm2d
 from torchvision.models.detection import FCOS, FasterRCNN, RetinaNet
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import MultiScaleRoIAlign
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 from torchvision.ops.poolers import initLevelMapper
+
+from vir_lightning.errors import check_choice
 
 NUM_LEVELS = 5  # four pyramid scales + the pooled level
 
@@ -65,13 +67,14 @@ class SimpleFeaturePyramid(nn.Module):
             nn.Conv2d(_rescaled_channels(channels, s), out_channels, 1, bias=False), LayerNorm2d(out_channels),
             nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False), LayerNorm2d(out_channels),
         ) for s in scales)
+        self.extra = LastLevelMaxPool()
 
     def forward(self, images: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
         last = self.body(images)[-1]
-        maps = OrderedDict((str(i), out(rescale(last)))
-                           for i, (rescale, out) in enumerate(zip(self.rescales, self.outputs)))
-        maps['pool'] = F.max_pool2d(maps[str(len(maps) - 1)], kernel_size=1, stride=2)
-        return OrderedDict((name, level.float()) for name, level in maps.items())  # see FullPrecision
+        maps = [out(rescale(last)) for rescale, out in zip(self.rescales, self.outputs)]
+        names = [str(i) for i in range(len(maps))]
+        maps, names = self.extra(maps, [], names)  # appends 'pool', the last level max-pooled with stride 2
+        return OrderedDict((name, level.float()) for name, level in zip(names, maps))  # see FullPrecision
 
 
 class FullPrecision(nn.Module):
@@ -116,6 +119,7 @@ class PreparedImagesTransform(GeneralizedRCNNTransform):
         return image, target
 
 
+DetectorName = Literal['faster_rcnn', 'retinanet', 'fcos']
 DETECTORS = {'faster_rcnn': FasterRCNN, 'retinanet': RetinaNet, 'fcos': FCOS}
 
 
@@ -124,7 +128,7 @@ DETECTIONS_PER_IMAGE = {'faster_rcnn': 'box_detections_per_img', 'retinanet': 'd
 
 
 def create_detector(
-        name: str, backbone: nn.Module, num_classes: int, pyramid_channels: int = 256,
+        name: DetectorName, backbone: nn.Module, num_classes: int, pyramid_channels: int = 256,
         anchor_sizes: Optional[Sequence[int]] = None, detections_per_image: int = 100, **kwargs) -> nn.Module:
     """A torchvision detector on a simple feature pyramid over ``backbone`` (a timm features_only model).
 
@@ -136,8 +140,7 @@ def create_detector(
         detections_per_image: most detections kept per image (torchvision's default 100).
         **kwargs: the torchvision detector's own options (box_score_thresh, nms_thresh, ...).
     """
-    if name not in DETECTORS:
-        raise ValueError(f"unknown detector {name!r}; choose one of {sorted(DETECTORS)}")
+    check_choice('detector', name, get_args(DetectorName))
     if DETECTIONS_PER_IMAGE[name] in kwargs:
         raise ValueError(f"set the detection limit with detections_per_image, not {DETECTIONS_PER_IMAGE[name]} "
                          f"(the mAP evaluation counts the same number)")

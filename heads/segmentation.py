@@ -5,13 +5,15 @@ UPerHead, FCNHead); ``LinearSegHead`` is the light alternative (BatchNorm + 1x1 
 concatenated, upsampled maps). Both return ``(logits, aux_logits or None)`` at 1/4 (UPerNet)
 or 1/p (linear) of the input resolution; the task upsamples and computes the losses.
 """
-from typing import List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple, get_args
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from vir_lightning.mmseg_compat import ensure_mmseg_importable
+from vir_lightning.errors import check_choice
+
+SegmentationHeadName = Literal['uper', 'linear']
 
 
 def _mmseg_loss_cfg() -> dict:
@@ -43,9 +45,7 @@ class UPerNet(nn.Module):
             dropout: float = 0.1,
     ):
         super().__init__()
-        ensure_mmseg_importable()
-        from mmseg.models.decode_heads import FCNHead, UPerHead
-        from mmseg.models.necks import MultiLevelNeck
+        from vir_lightning.mmseg import FCNHead, MultiLevelNeck, UPerHead  # mmseg loads only for this head
 
         in_channels = list(in_channels)
         neck_channels = neck_channels or in_channels[-1]
@@ -83,3 +83,11 @@ class LinearSegHead(nn.Module):
         x = torch.cat([f if f.shape[-2:] == size else F.interpolate(f, size=size, mode='bilinear', align_corners=False)
                        for f in features], dim=1)
         return self.classifier(self.dropout(self.norm(x))), None
+
+
+def create_segmentation_head(name: SegmentationHeadName, in_channels: List[int], num_classes: int,
+                             kwargs: Optional[Dict[str, Any]] = None) -> nn.Module:
+    """'uper' (UPerNet) or 'linear' (LinearSegHead) with its constructor's ``kwargs``."""
+    check_choice('segmentation head', name, get_args(SegmentationHeadName))
+    head = UPerNet if name == 'uper' else LinearSegHead
+    return head(in_channels, num_classes, **(kwargs or {}))

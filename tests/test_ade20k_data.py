@@ -8,10 +8,10 @@ import pytest
 import torch
 from PIL import Image
 
-from datamodules import ADE20KDataModule, SyntheticScenesDataModule
-from datamodules.ade20k import ADE20K_URL
-from datamodules.base import IMAGENET_MEAN, IMAGENET_STD
-from datamodules.seg_transforms import (
+from vir_lightning.datamodules import ADE20KDataModule, SyntheticScenesDataModule
+from vir_lightning.datamodules.ade20k import ADE20K_URL
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from vir_lightning.datamodules.seg_transforms import (
     CatMaxRatioRandomCrop, rescale_size, segmentation_eval_transform, segmentation_train_transform)
 from vir_lightning.errors import DataNotFoundError, UserError
 
@@ -113,14 +113,14 @@ def test_eval_resize_keeps_mask_aligned_and_caps_the_long_side():
     assert (nearest[:, 3:] == out['mask'].numpy()[:, :-3]).mean() < agreement - 0.1  # a shift would show
     assert set(np.unique(out['mask'])) <= set(np.unique(mask))  # nearest: no blended labels
     # a panorama: the short side would make the long side exceed 4 * crop, so the long side wins
-    out = segmentation_eval_transform(32, IMAGENET_MEAN, IMAGENET_STD)(
+    out = segmentation_eval_transform(32, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)(
         image=np.zeros((20, 200, 3), np.uint8), mask=np.zeros((20, 200), np.uint8))
     assert out['image'].shape == (3, 13, 128) and out['mask'].shape == (13, 128)
     assert rescale_size(512, 683, (2048, 512)) == (512, 683) and rescale_size(300, 400, (2048, 512)) == (512, 683)
 
 
 def test_train_rescale_follows_the_ratio_range():
-    transform = segmentation_train_transform(16, IMAGENET_MEAN, IMAGENET_STD, scale=(40, 30), ratio_range=(2.0, 2.0),
+    transform = segmentation_train_transform(16, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, scale=(40, 30), ratio_range=(2.0, 2.0),
                                              cat_max_ratio=1.0, hflip=0, photometric=False, seed=0)
     resize = transform.transforms[0]
     out = A.Compose([resize])(image=np.zeros((H, W, 3), np.uint8), mask=np.zeros((H, W), np.uint8))
@@ -162,15 +162,16 @@ def test_predict_uses_validation_images_or_a_folder(ade_root, tmp_path):
     dm = make_dm(ade_root)
     dm.setup('predict')
     assert len(dm.predict_set) == 2 and dm.predict_set.sample_names[0].endswith('ADE_val_00000000.jpg')
-    image, mask = next(iter(dm.predict_dataloader()))
-    assert image.shape == (1, 3, 32, 43) and mask.shape == (1, 30, 40) and (mask == 255).all()
+    image, info = next(iter(dm.predict_dataloader()))  # the original size travels with the image
+    assert image.shape == (1, 3, 32, 43) and info['orig_size'].tolist() == [[30, 40]]
+    assert info['size'].tolist() == [[32, 43]] and info['image_id'].tolist() == [0]
     loose = tmp_path / 'loose'
     loose.mkdir()
     Image.fromarray(np.zeros((64, 32, 3), np.uint8)).save(loose / 'portrait.png')
     dm = make_dm(tmp_path / 'no_dataset_here', predict_dir=str(loose))  # predict needs no dataset
     dm.setup('predict')
-    image, mask = dm.predict_set[0]
-    assert dm.predict_set.sample_names == [str(loose / 'portrait.png')] and image.shape == (3, 64, 32)
+    image, info = dm.predict_set[0]
+    assert info['orig_size'].tolist() == [64, 32] and dm.predict_set.sample_names == [str(loose / 'portrait.png')] and image.shape == (3, 64, 32)
 
 
 def test_subclass_with_its_own_classes_reuses_everything(ade_root):

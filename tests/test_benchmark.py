@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from vir_lightning import benchmark
+from vir_lightning.tools import benchmark
 from vir_lightning.cli import main
 
 QUICK = ['--sizes', '32', '64', '--repeats', '1', '--warmup', '0', '--no-isolate']

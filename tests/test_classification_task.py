@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from conftest import TINY_VIR
-from datamodules import ImageFolderDataModule
+from vir_lightning.datamodules import ImageFolderDataModule
 from vir_lightning.errors import UserError
 from vir_lightning.tasks import ClassificationTask
 
@@ -92,7 +92,7 @@ def test_mixup_cutmix_training_step_uses_soft_targets():
     loss = task.training_step((images, targets), 0)
     assert torch.isfinite(loss) and loss.requires_grad
     loss.backward()
-    assert task.head[1].weight.grad is not None
+    assert task.backbone.head.weight.grad is not None  # 'linear': the backbone's own timm classifier
 
 
 def test_layer_decay_and_warmup_schedule(image_folder, tmp_path):
@@ -108,8 +108,9 @@ def test_layer_decay_and_warmup_schedule(image_folder, tmp_path):
     trainer.fit(task, dm)
     groups = trainer.optimizers[0].param_groups
     scales = sorted({g.get('lr_scale', 1.0) for g in groups})
-    # timm groups: stem, block 0, block 1 with the final norm -> 0.5^2, 0.5, 1.0 (head at 1.0 as well)
-    assert scales == pytest.approx([0.25, 0.5, 1.0])
+    # timm's (BEiT/MAE) layer decay: stem, block 0, block 1 with the final norm, the classifier (the
+    # backbone's own timm head) -> 0.5^3, 0.5^2, 0.5, 1.0
+    assert scales == pytest.approx([0.125, 0.25, 0.5, 1.0])
     head_lr = [max(step) for step in lrs]
     assert head_lr[0] < head_lr[2] < head_lr[3]  # warm-up rises ...
     assert head_lr[3] == pytest.approx(1e-2, rel=1e-6)  # ... to the peak ...

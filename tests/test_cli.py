@@ -114,6 +114,6 @@ def test_corrupt_image_in_a_worker_names_the_file(image_folder, tmp_path, monkey
         'validate', '--model=vir_lightning.tasks.ClassificationTask', '--model.backbone_kwargs.img_size=32',
         '--model.backbone_kwargs.patch_size=8', '--model.backbone_kwargs.depth=1',
         '--model.backbone_kwargs.embed_dim=32', '--model.backbone_kwargs.num_heads=2',
-        '--data=datamodules.ImageFolderDataModule', f'--data.root={image_folder}', '--data.image_size=32',
+        '--data=vir_lightning.datamodules.ImageFolderDataModule', f'--data.root={image_folder}', '--data.image_size=32',
         '--data.batch_size=4', '--data.num_workers=1', '--trainer.accelerator=cpu', '--trainer.logger=false'], capsys)
     assert code == 2 and str(broken) in err and 'Original Traceback' not in err

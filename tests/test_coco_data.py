@@ -4,11 +4,12 @@ import json
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from conftest import COCO_CATEGORIES, write_coco
-from datamodules import COCODataModule
-from datamodules.coco import collate_detection
-from datamodules.det_transforms import detection_eval_transform, detection_train_transform
+from vir_lightning.datamodules import COCODataModule
+from vir_lightning.datamodules.coco import collate_detection
+from vir_lightning.datamodules.det_transforms import detection_eval_transform, detection_train_transform
 from vir_lightning.errors import DataNotFoundError, UserError
 from vir_lightning.tasks.detection import to_file_pixels
 
@@ -168,8 +169,10 @@ def test_predict_on_a_folder_or_a_single_image(coco_folder, tmp_path):
     single = coco_folder / 'val2017' / '0001.jpg'
     dm = datamodule(coco_folder, predict_images=str(single))
     dm.setup('predict')
-    image, target = dm.predict_set[0]
+    image, info = dm.predict_set[0]
     assert len(dm.predict_set) == 1 and dm.predict_set.sample_names == [str(single)]
-    assert target['boxes'].shape == (0, 4)
+    with Image.open(single) as file:
+        assert info['image_id'] == 0 and info['orig_size'].tolist() == [file.height, file.width]
+    assert info['size'].tolist() == list(image.shape[-2:]) and max(image.shape[-2:]) == 128  # resized to fit
     with pytest.raises(DataNotFoundError, match='predict_images'):
         datamodule(coco_folder, predict_images=str(tmp_path / 'none')).setup('predict')

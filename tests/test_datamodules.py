@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from datamodules import ImageFolderDataModule, MNISTDemoDataModule
-from datamodules.images import load_rgb
+from vir_lightning.datamodules import ImageFolderDataModule, MNISTDemoDataModule
+from vir_lightning.datamodules.images import load_rgb
 from vir_lightning.errors import DataNotFoundError, UserError
 
 

@@ -7,7 +7,7 @@ import lightning as L
 import pytest
 
 from conftest import TINY_VIR
-from datamodules import ImageFolderDataModule
+from vir_lightning.datamodules import ImageFolderDataModule
 from vir_lightning.tasks import ClassificationTask
 
 
@@ -56,7 +56,7 @@ def test_ddp_preset_composes_with_a_task_config(image_folder, tmp_path):
 def test_ddp_detection_map_counts_each_image_once(coco_folder, tmp_path):
     """3 validation images on 2 ranks: the sampler repeats one; mAP must equal one process's."""
     from conftest import write_coco
-    from datamodules import COCODataModule
+    from vir_lightning.datamodules import COCODataModule
     from vir_lightning.tasks import DetectionTask
 
     write_coco(coco_folder, 'val2017', 3, seed=1)

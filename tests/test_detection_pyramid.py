@@ -6,7 +6,7 @@ import torch
 from torchvision.models.detection import FasterRCNN, RetinaNet
 
 import vir_lightning  # noqa: F401
-from heads.detection import SimpleFeaturePyramid
+from vir_lightning.heads.detection import SimpleFeaturePyramid
 
 TINY = dict(depth=2, embed_dim=32, num_heads=2, init_values=1.0)
 
@@ -43,7 +43,7 @@ def test_torchvision_detectors_train_and_predict_on_the_pyramid(detector):
 
 def test_faster_rcnn_results_do_not_depend_on_the_first_batch():
     """torchvision's RoI pooler would infer its level scales from the first batch and keep them."""
-    from heads import create_detector
+    from vir_lightning.heads import create_detector
     torch.manual_seed(0)
     backbone = timm.create_model('vir_tiny_patch16_224', features_only=True, out_indices=(-1,), **TINY)
     detector = create_detector('faster_rcnn', backbone, num_classes=2, pyramid_channels=16,

@@ -47,7 +47,7 @@ def test_ade20k_missing_stops_at_once_with_directions(tmp_path, monkeypatch, cap
 
 def test_seg_ade20k_config_trains_and_validates_on_any_folder_in_ade20k_layout(tmp_path, monkeypatch, capsys):
     """The headline config itself (bf16-mixed kept), on CPU, pointed at a small folder in ADE20K layout."""
-    from datamodules import SyntheticScenesDataModule
+    from vir_lightning.datamodules import SyntheticScenesDataModule
     root = tmp_path / 'ADEChallengeData2016'
     SyntheticScenesDataModule(root=str(root), num_train=6, num_val=2).prepare_data()
     monkeypatch.chdir(tmp_path)

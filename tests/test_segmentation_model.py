@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from vir_lightning.errors import UserError
-from vir_lightning.mmseg_compat import ensure_mmseg_importable
-from vir_lightning.segmentation_inference import slide_inference, whole_inference
+from vir_lightning.mmseg import ensure_mmseg_importable
+from vir_lightning.tasks.segmentation_inference import slide_inference, whole_inference
 from vir_lightning.tasks import SegmentationTask
 
 TINY = dict(depth=4, embed_dim=32, num_heads=2, patch_size=8, img_size=64, init_values=1.0)
@@ -28,7 +28,7 @@ def test_mmseg_imports_on_mmcv_lite_and_guarded_imports_still_fail_cleanly():
 
 
 def test_vir_builds_inside_mmseg_encoder_decoder():
-    import vir_lightning.mmseg_backbone  # noqa: F401  (registers TimmFeatures)
+    import vir_lightning.mmseg  # noqa: F401  (registers TimmFeatures)
     from mmseg.registry import MODELS
     from mmseg.utils import register_all_modules
     register_all_modules(init_default_scope=True)
@@ -119,10 +119,14 @@ def test_any_retention_form_at_inference_gives_the_same_masks():
     assert fresh.backbone.model.retention_mode == 'parallel'
 
 
-def test_bad_inference_mode_and_head_are_user_errors():
-    with pytest.raises(UserError, match='inference'):
-        make_task(inference='tiles')
-    with pytest.raises(UserError, match='uper'):
+@pytest.mark.parametrize('option,choices', [('--model.inference=tiles', 'inference'), ('--model.head=segformer', 'uper')])
+def test_bad_inference_mode_and_head_are_refused_by_the_cli(tmp_path, monkeypatch, capsys, option, choices):
+    from test_cli import run_main
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_main(['fit', '--config', 'seg_demo.yaml', option], capsys)
+    assert code == 2 and choices in err and 'Traceback' not in err
+    assert not (tmp_path / 'data').exists()  # refused before anything was built or written
+    with pytest.raises(ValueError, match='uper'):  # Python callers of the head factory get the choices too
         make_task(head='segformer')
 
 
@@ -136,7 +140,7 @@ def test_compat_does_nothing_when_a_full_mmcv_ops_is_present(monkeypatch):
 
 
 def test_layer_decay_reaches_through_the_features_only_wrapper():
-    from vir_lightning.optim import param_groups
+    from vir_lightning.tasks.optim import param_groups
     task = make_task(layer_decay=0.5)
     groups = param_groups(task.backbone, task.head_modules(), weight_decay=0.01, layer_decay=0.5)
     scales = sorted({g.get('lr_scale', 1.0) for g in groups})
@@ -163,9 +167,9 @@ def test_crop_not_a_multiple_of_the_patch_is_explained():
         task._check_image_size(60)
 
 
-def test_importing_vir_lightning_first_makes_mmseg_importable():
+def test_importing_the_mmseg_integration_first_makes_mmseg_importable():
     import subprocess
     import sys
-    code = 'import vir_lightning, mmseg.models; from mmseg.models.decode_heads import UPerHead; print("ok")'
+    code = 'import vir_lightning.mmseg, mmseg.models; from mmseg.models.decode_heads import UPerHead; print("ok")'
     result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and result.stdout.strip() == 'ok', result.stderr[-2000:]

@@ -1,7 +1,7 @@
 """The ViR-vs-ViT study runner: its fit commands parse and run, and it reports what it measured."""
 import json
 
-from vir_lightning import study
+from vir_lightning.tools import study
 
 
 def test_study_runs_both_backbones_and_reports_quality_speed_and_memory(tmp_path, monkeypatch):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from datamodules.tree_crowns import (TILED_TRAIN, VAL, deepforest_data_dir, is_complete,
+from vir_lightning.datamodules.tree_crowns import (TILED_TRAIN, VAL, deepforest_data_dir, is_complete,
                                           write_tree_crowns_coco)
 from vir_lightning.errors import DataNotFoundError, UserError
 

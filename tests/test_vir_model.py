@@ -1,4 +1,4 @@
-"""Tests of the ViR timm models in ``vir_lightning/vir.py``."""
+"""Tests of the ViR timm models in ``vir_lightning/models/vir.py``."""
 import copy
 
 import pytest
@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from timm.models import group_parameters
 
 import vir_lightning  # noqa: F401  (registers the models in timm)
-from vir_lightning.retention import decay_schedule
+from vir_lightning.models.retention import decay_schedule
 
 TINY = 'vir_tiny_patch16_224'
 DIRECTIONS = ('causal', 'bidirectional')

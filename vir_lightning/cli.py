@@ -1,7 +1,9 @@
 """``python -m vir_lightning {fit,validate,test,predict} --config NAME.yaml``: LightningCLI with
 packaged configs, linked class counts, TensorBoard and a Rich progress bar by default, and
 one-line errors for user mistakes. ``python -m vir_lightning benchmark --help``: throughput and
-memory of ViR against ViT by resolution."""
+memory of ViR against ViT by resolution; ``python -m vir_lightning study --help``: ViR against ViT
+on the demo tasks."""
+import importlib.util
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -14,9 +16,8 @@ CONFIG_FLAGS = ('--config', '-c')
 
 
 def config_dir() -> Path:
-    """configs/ inside an installed package, or at the repository root in a source checkout."""
-    packaged = Path(__file__).parent / 'configs'
-    return packaged if packaged.is_dir() else Path(__file__).resolve().parent.parent / 'configs'
+    """The packaged configs: ``vir_lightning.configs`` (the repository's configs/ in an editable install)."""
+    return Path(importlib.util.find_spec('vir_lightning.configs').submodule_search_locations[0])
 
 
 def resolve_config(name: str) -> str:
@@ -41,13 +42,18 @@ def resolve_config_args(argv: List[str]) -> List[str]:
     return out
 
 
+# What a task takes from its DataModule, linked once both are instantiated. A task without the
+# argument (a classifier has no palette) skips the link; a DataModule without the value gives None.
+DATA_LINKS = ('num_classes', 'class_names', 'palette', 'ignore_index', 'category_ids')
+
+
 class VirLightningCLI(LightningCLI):
-    """Links data-derived values (class count and names) into the task; TensorBoard and Rich by default."""
+    """Links data-derived values (``DATA_LINKS``) into the task; TensorBoard and Rich by default."""
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.set_defaults({f'trainer.{key}': value for key, value in TRAINER_DEFAULTS.items()})
-        parser.link_arguments('data.num_classes', 'model.init_args.num_classes', apply_on='instantiate')
-        parser.link_arguments('data.class_names', 'model.init_args.class_names', apply_on='instantiate')
+        for name in DATA_LINKS:
+            parser.link_arguments(f'data.{name}', f'model.init_args.{name}', apply_on='instantiate')
 
 
 TRAINER_DEFAULTS = {
@@ -63,7 +69,7 @@ TRAINER_DEFAULTS = {
 
 
 def cli_main(args: Optional[List[str]] = None) -> VirLightningCLI:
-    from datamodules import VisionDataModule
+    from .datamodules import VisionDataModule
     from .tasks import VisionTask
 
     return VirLightningCLI(
@@ -81,8 +87,11 @@ def main(argv: Optional[List[str]] = None) -> None:
     try:
         args = sys.argv[1:] if argv is None else argv
         if args[:1] == ['benchmark']:
-            from .benchmark import main as benchmark_main
+            from .tools.benchmark import main as benchmark_main
             benchmark_main(args[1:])
+        elif args[:1] == ['study']:
+            from .tools.study import main as study_main
+            study_main(args[1:])
         elif argv is None:
             sys.argv[1:] = resolve_config_args(sys.argv[1:])
             cli_main()

@@ -9,6 +9,13 @@ class DataNotFoundError(UserError, FileNotFoundError):
     """A dataset folder or file is missing."""
 
 
+def check_choice(option: str, value, choices) -> None:
+    """A ValueError naming the option and its choices when ``value`` is not one of them (for Python
+    callers of the models and heads; the CLI checks its ``Literal`` options before anything is built)."""
+    if value not in choices:
+        raise ValueError(f"unknown {option} {value!r}; choose one of {tuple(choices)}")
+
+
 def find_user_error(error: BaseException):
     """The UserError behind ``error``, also when a library wrapped it (jsonargparse, DataLoader workers)."""
     seen = set()

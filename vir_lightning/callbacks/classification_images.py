@@ -1,28 +1,8 @@
 """TensorBoard figure of a few validation images with predicted and true labels."""
 import lightning as L
-import matplotlib
-import torch
-from lightning.pytorch.loggers import TensorBoardLogger
 
-matplotlib.use('Agg')
-import matplotlib.pyplot as plt  # noqa: E402
-
-
-def tensorboard_writer(trainer: L.Trainer):
-    """The SummaryWriter of the first TensorBoardLogger, on rank 0 only (None elsewhere)."""
-    if not trainer.is_global_zero:
-        return None
-    for logger in trainer.loggers:
-        if isinstance(logger, TensorBoardLogger):
-            return logger.experiment
-    return None
-
-
-def denormalize(images: torch.Tensor, mean, std) -> torch.Tensor:
-    """Undo Normalize: float images in [0, 1], [B, 3, H, W]."""
-    mean = torch.tensor(mean, device=images.device).view(1, -1, 1, 1)
-    std = torch.tensor(std, device=images.device).view(1, -1, 1, 1)
-    return (images.float() * std + mean).clamp(0, 1)
+from .drawing import denormalize
+from .panels import tensorboard_writer
 
 
 class ClassificationImageLogger(L.Callback):
@@ -35,10 +15,14 @@ class ClassificationImageLogger(L.Callback):
         writer = tensorboard_writer(trainer)
         if batch_idx != 0 or writer is None or trainer.sanity_checking or not outputs:
             return
+        import matplotlib
+        matplotlib.use('Agg')
+        import matplotlib.pyplot as plt
+
         images, targets = batch[0][:self.num_images], batch[1][:self.num_images]
         preds = outputs['preds'][:self.num_images]
         datamodule = trainer.datamodule
-        images = denormalize(images, datamodule.mean, datamodule.std).permute(0, 2, 3, 1).cpu().numpy()
+        images = denormalize(images, datamodule.mean, datamodule.std).permute(0, 2, 3, 1).numpy()
         names = pl_module.class_names
         cols = min(8, len(images))
         rows = -(-len(images) // cols)

@@ -1,39 +1,20 @@
 """Boxes drawn on images: TensorBoard truth | prediction panels, and predict outputs (images + COCO JSON)."""
 import json
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Dict, List
 
 import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from PIL import Image
-from torchvision.utils import draw_bounding_boxes
 
-from datamodules.images import load_rgb
-from ..detection_eval import gather_on_rank_zero
-from .classification_images import denormalize
+from ..datamodules.images import load_rgb
+from ..distributed import gather_on_rank_zero
+from .drawing import denormalize, draw_boxes, fit_within
 from .panels import ValidationPanelLogger
 from .prediction_writer import RunFolderPredictionWriter
 
 TRUTH_COLOR, PREDICTION_COLOR = (0, 230, 0), (255, 40, 40)
-
-
-def draw_boxes(image: torch.Tensor, boxes: torch.Tensor, labels: torch.Tensor, names: Sequence[str], color,
-               scores: torch.Tensor = None) -> torch.Tensor:
-    """uint8 [3, H, W] with boxes outlined and captioned by class name (and score)."""
-    if not len(boxes):
-        return image
-    captions = [names[int(label) - 1] + (f' {float(s):.2f}' if scores is not None else '')
-                for label, s in zip(labels, scores if scores is not None else labels)]
-    width = max(1, round(max(image.shape[-2:]) / 500))
-    return draw_bounding_boxes(image, boxes.float().cpu(), labels=captions, colors=color, width=width)
-
-
-def _fit(image: torch.Tensor, longest: int) -> torch.Tensor:
-    scale = longest / max(image.shape[-2:])
-    if scale >= 1:
-        return image
-    size = [max(1, round(s * scale)) for s in image.shape[-2:]]
-    return torch.nn.functional.interpolate(image[None].float(), size=size, mode='area')[0].to(torch.uint8)
 
 
 class DetectionImageLogger(ValidationPanelLogger):
@@ -51,12 +32,12 @@ class DetectionImageLogger(ValidationPanelLogger):
         datamodule = trainer.datamodule
         rows = []
         for image, target, detection in zip(batch[0][:self.num_images], batch[1], outputs['detections']):
-            image = (denormalize(image[None], datamodule.mean, datamodule.std)[0] * 255).to(torch.uint8).cpu()
+            image = denormalize(image[None], datamodule.mean, datamodule.std)[0]
             keep = detection['scores'] >= self.score_threshold
             panels = [draw_boxes(image, target['boxes'], target['labels'], pl_module.class_names, TRUTH_COLOR),
                       draw_boxes(image, detection['boxes'][keep], detection['labels'][keep],
                                  pl_module.class_names, PREDICTION_COLOR, detection['scores'][keep])]
-            rows.append(_fit(torch.cat(panels, dim=2), 2 * self.max_side))
+            rows.append(fit_within(torch.cat(panels, dim=2), 2 * self.max_side))
         return rows
 
 
@@ -93,8 +74,8 @@ class DetectionPredictionWriter(RunFolderPredictionWriter):
                 self.run_dir / f'{path.stem}_boxes.jpg', quality=90)
 
     def on_predict_end(self, trainer, pl_module) -> None:
-        results = gather_on_rank_zero(self._results)
+        results = gather_on_rank_zero(trainer.strategy, self._results)
         if trainer.is_global_zero:
             detections = [d for image_id in sorted(results) for d in results[image_id]]
             (self.run_dir / 'detections.json').write_text(json.dumps(detections))
-            print(f'wrote {len(detections)} detections on {len(results)} images to {self.run_dir}')
+            rank_zero_info(f'wrote {len(detections)} detections on {len(results)} images to {self.run_dir}')

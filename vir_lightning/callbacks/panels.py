@@ -1,11 +1,23 @@
-"""Base of the validation image loggers: rows of side-by-side panels, one TensorBoard grid per epoch."""
-from typing import List
+"""TensorBoard from callbacks: the writer (rank 0 only), and a base for per-image validation panels."""
+from typing import TYPE_CHECKING, List, Optional
 
 import lightning as L
 import torch
+from lightning.pytorch.loggers import TensorBoardLogger
 from torchvision.utils import make_grid
 
-from .classification_images import tensorboard_writer
+if TYPE_CHECKING:
+    from torch.utils.tensorboard import SummaryWriter
+
+
+def tensorboard_writer(trainer: L.Trainer) -> Optional['SummaryWriter']:
+    """The SummaryWriter of the first TensorBoardLogger, on rank 0 only (None elsewhere)."""
+    if not trainer.is_global_zero:
+        return None
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):
+            return logger.experiment
+    return None
 
 
 class ValidationPanelLogger(L.Callback):

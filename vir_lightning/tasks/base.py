@@ -1,30 +1,38 @@
-"""What every task shares: a timm backbone by name, the optimiser and schedule, class-count checks."""
+"""What every task shares: the optimiser and schedule, the inference retention form, data checks."""
 import math
 from typing import Any, Dict, List, Optional, Sequence
 
 import lightning as L
 import torch
 
-from ..backbone import patch_size
 from ..errors import UserError
-from ..optim import build_optimizer, build_scheduler, param_groups
+from ..models.retention import RetentionMode
+from .backbone import patch_size
+from .optim import Schedule, build_optimizer, build_scheduler, param_groups
 
 
 class VisionTask(L.LightningModule):
     """Base LightningModule: subclasses build ``self.backbone`` and heads, and implement the steps.
 
+    Values that describe the data (``num_classes``, class names, palette, ignore index, category
+    ids) are constructor arguments that the CLI links from the DataModule, so they are saved with
+    the hyperparameters and a checkpoint reloads without its data.
+
     Args:
         lr: peak learning rate (after warm-up).
         weight_decay: AdamW weight decay (not applied to biases, norms, position embeddings).
         layer_decay: layer-wise lr decay over the backbone blocks (None: off).
-        schedule: 'cosine', 'poly' or 'step' decay after warm-up, stepped every optimizer step.
+        schedule: decay after warm-up, stepped every optimizer step.
         step_milestones, step_gamma: the 'step' schedule multiplies the lr by step_gamma at these
             fractions of the run (default: ViTDet's 88.9% and 96.3%).
         warmup_steps, warmup_epochs: linear warm-up length, in optimizer steps plus epochs
-            (mmseg recipes count iterations, ImageNet recipes epochs).
+            (mmseg recipes count iterations, ImageNet recipes epochs); an epoch is the trainer's
+            optimizer steps per epoch, also when ``--trainer.max_steps`` ends the run.
         min_lr: learning rate at the end of the schedule.
         optimizer: a timm optimizer name ('adamw', 'lamb', 'sgd', ...).
         compile: compile the backbone in place in setup() (state_dict keys unchanged).
+        inference_retention_mode: retention form of a ViR backbone outside training, e.g.
+            'chunkwise' for large images (None keeps the training form).
     """
 
     def __init__(
@@ -33,7 +41,7 @@ class VisionTask(L.LightningModule):
             lr: float = 1e-3,
             weight_decay: float = 0.05,
             layer_decay: Optional[float] = None,
-            schedule: str = 'cosine',
+            schedule: Schedule = 'cosine',
             step_milestones: Sequence[float] = (0.889, 0.963),
             step_gamma: float = 0.1,
             warmup_steps: int = 0,
@@ -41,6 +49,7 @@ class VisionTask(L.LightningModule):
             min_lr: float = 1e-6,
             optimizer: str = 'adamw',
             compile: bool = False,
+            inference_retention_mode: Optional[RetentionMode] = None,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -72,7 +81,7 @@ class VisionTask(L.LightningModule):
                 f"use e.g. {fixed}, or set model.backbone_kwargs.dynamic_img_pad: true to pad inputs")
 
     def _set_retention_mode(self, training: bool) -> None:
-        """Dense tasks' ``inference_retention_mode`` (e.g. chunkwise for large images) outside training."""
+        """``inference_retention_mode`` outside training, the form the model was built with in training."""
         mode = self.hparams.get('inference_retention_mode')
         model = getattr(self.backbone, 'model', self.backbone)
         if mode is None or not hasattr(model, 'set_retention_mode'):
@@ -96,6 +105,16 @@ class VisionTask(L.LightningModule):
         """Trainable modules outside the backbone (they get the full learning rate)."""
         return [m for name, m in self.named_children() if name != 'backbone']
 
+    def steps_per_epoch(self) -> int:
+        """Optimizer steps in one epoch of the trainer's training data (its loader is set up if needed)."""
+        trainer = self.trainer
+        if trainer.train_dataloader is None:
+            trainer.fit_loop.setup_data()
+        batches = trainer.num_training_batches
+        if not math.isfinite(batches):
+            raise UserError("--model.warmup_epochs needs a training set of known length: use --model.warmup_steps")
+        return max(1, math.ceil(batches / trainer.accumulate_grad_batches))
+
     def configure_optimizers(self) -> Dict[str, Any]:
         hp = self.hparams
         groups = param_groups(self.backbone, self.head_modules(), hp.weight_decay, hp.layer_decay)
@@ -103,14 +122,12 @@ class VisionTask(L.LightningModule):
         total = self.trainer.estimated_stepping_batches
         if not math.isfinite(total):
             raise UserError("set --trainer.max_epochs or --trainer.max_steps: the lr schedule needs a length")
-        total = int(total)
-        steps_per_epoch = total / self.trainer.max_epochs if (self.trainer.max_epochs or -1) > 0 else 0
-        warmup = hp.warmup_steps + round(hp.warmup_epochs * steps_per_epoch)
+        warmup = hp.warmup_steps + (round(hp.warmup_epochs * self.steps_per_epoch()) if hp.warmup_epochs else 0)
         try:
-            scheduler = build_scheduler(optimizer, hp.schedule, total, warmup, hp.min_lr,
+            scheduler = build_scheduler(optimizer, hp.schedule, int(total), warmup, hp.min_lr,
                                         milestones=hp.step_milestones, gamma=hp.step_gamma)
         except ValueError as error:
-            raise UserError(f"--model.schedule / --model.step_milestones: {error}") from error
+            raise UserError(f"--model.step_milestones: {error}") from error
         return {'optimizer': optimizer, 'lr_scheduler': {'scheduler': scheduler, 'interval': 'step'}}
 
     def lr_scheduler_step(self, scheduler, metric) -> None:

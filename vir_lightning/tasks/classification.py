@@ -8,9 +8,9 @@ from timm.loss import SoftTargetCrossEntropy
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
-from heads import create_classification_head
-from ..backbone import create_backbone
 from ..errors import UserError
+from ..heads import ClassificationHeadName, mlp_head
+from .backbone import create_backbone
 from .base import VisionTask
 
 
@@ -20,7 +20,8 @@ class ClassificationTask(VisionTask):
     Args:
         backbone: timm model name, e.g. 'vir_small_patch16_224'.
         backbone_kwargs: extra ``timm.create_model`` arguments (img_size, retention_mode, drop_path_rate...).
-        head: 'linear' or 'mlp' (see ``heads``); head_kwargs go to its constructor.
+        head: 'linear' is the backbone's own timm classifier (its dropout: backbone_kwargs.drop_rate);
+            'mlp' adds a tanh hidden layer (head_kwargs: hidden_features, dropout; see ``heads``).
         num_classes, class_names: linked from the DataModule by the CLI.
         label_smoothing: applied to hard targets, and inside mixup's soft targets.
         mixup_alpha, cutmix_alpha: > 0 enables timm Mixup on training batches.
@@ -31,7 +32,7 @@ class ClassificationTask(VisionTask):
             self,
             backbone: str = 'vir_tiny_patch16_224',
             backbone_kwargs: Optional[Dict[str, Any]] = None,
-            head: str = 'linear',
+            head: ClassificationHeadName = 'linear',
             head_kwargs: Optional[Dict[str, Any]] = None,
             num_classes: int = 1000,
             class_names: Optional[List[str]] = None,
@@ -42,11 +43,18 @@ class ClassificationTask(VisionTask):
     ):
         super().__init__(num_classes, **kwargs)
         self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
-        self.backbone = create_backbone(backbone, backbone_kwargs, num_classes=0)
-        try:
-            self.head = create_classification_head(head, self.backbone.num_features, num_classes, head_kwargs)
-        except (ValueError, TypeError) as error:
-            raise UserError(f"--model.head / --model.head_kwargs: {error}") from error
+        if head == 'linear':
+            if head_kwargs:
+                raise UserError("--model.head linear is the backbone's own timm classifier and takes no head_kwargs: "
+                                "set its dropout with --model.backbone_kwargs.drop_rate, or use --model.head mlp")
+            self.backbone = create_backbone(backbone, backbone_kwargs, num_classes=num_classes)
+            self.head = nn.Identity()
+        else:
+            self.backbone = create_backbone(backbone, backbone_kwargs, num_classes=0)
+            try:
+                self.head = mlp_head(self.backbone.num_features, num_classes, **(head_kwargs or {}))
+            except TypeError as error:
+                raise UserError(f"--model.head_kwargs: {error} (mlp takes hidden_features and dropout)") from error
         self.mixup = None
         if mixup_alpha > 0 or cutmix_alpha > 0:
             self.mixup = Mixup(

@@ -4,13 +4,11 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
-from heads import create_detector
-from ..backbone import create_backbone
-from ..detection_eval import DetectionEvaluator
 from ..errors import UserError
+from ..heads import DetectorName, create_detector
+from .backbone import create_backbone
 from .base import VisionTask
-
-MAP_BACKENDS = ('pycocotools', 'faster_coco_eval')
+from .detection_eval import DetectionEvaluator, MapBackend
 
 
 def to_file_pixels(boxes: torch.Tensor, target: Dict[str, torch.Tensor]) -> torch.Tensor:
@@ -26,25 +24,22 @@ class DetectionTask(VisionTask):
         backbone, backbone_kwargs: timm model name and ``create_model`` arguments; created with
             ``features_only=True`` and the last block as ``out_indices`` (a timm ViT needs
             ``dynamic_img_size: true`` for images of varying size).
-        detector: 'faster_rcnn', 'retinanet' or 'fcos'; detector_kwargs go to its torchvision
-            constructor (box_score_thresh, rpn_post_nms_top_n_test, score_thresh, ...).
+        detector: the torchvision detector; detector_kwargs go to its torchvision constructor (box_score_thresh, rpn_post_nms_top_n_test, score_thresh, ...).
         pyramid_channels: channels of every pyramid level (256 in ViTDet).
         anchor_sizes: one base anchor size per level (5, fine to coarse); None: torchvision's.
         detections_per_image: most detections per image, kept by the detector and counted by mAP
             (COCO: 100; raise it for scenes with more objects).
-        num_classes, class_names: linked from the DataModule by the CLI (labels 1..num_classes).
-        category_ids: the dataset's category id of each label, for written predictions; taken
-            from the DataModule at setup when not given (and then saved with the checkpoint).
-        inference_retention_mode: retention form used outside training, e.g. 'chunkwise' for
-            large images (ViR backbones only; None keeps the training form).
-        map_backend: 'pycocotools' or 'faster_coco_eval' for MeanAveragePrecision.
+        num_classes, class_names, category_ids: linked from the DataModule by the CLI (labels
+            1..num_classes; category_ids[label - 1] is the dataset's id of a label, for written
+            predictions; default 1..num_classes).
+        map_backend: the library behind torchmetrics' MeanAveragePrecision.
     """
 
     def __init__(
             self,
             backbone: str = 'vir_base_patch16_224',
             backbone_kwargs: Optional[Dict[str, Any]] = None,
-            detector: str = 'faster_rcnn',
+            detector: DetectorName = 'faster_rcnn',
             detector_kwargs: Optional[Dict[str, Any]] = None,
             pyramid_channels: int = 256,
             anchor_sizes: Optional[Sequence[int]] = None,
@@ -52,13 +47,10 @@ class DetectionTask(VisionTask):
             num_classes: int = 80,
             class_names: Optional[List[str]] = None,
             category_ids: Optional[List[int]] = None,
-            inference_retention_mode: Optional[str] = None,
-            map_backend: str = 'pycocotools',
+            map_backend: MapBackend = 'pycocotools',
             **kwargs,
     ):
         super().__init__(num_classes, **kwargs)
-        if map_backend not in MAP_BACKENDS:
-            raise UserError(f"--model.map_backend must be one of {MAP_BACKENDS}, got {map_backend!r}")
         if importlib.util.find_spec(map_backend) is None:
             raise UserError(f"--model.map_backend {map_backend} is not installed: "
                             f"pip install {map_backend.replace('_', '-')}")
@@ -69,7 +61,7 @@ class DetectionTask(VisionTask):
             self.detector = create_detector(detector, body, num_classes, pyramid_channels, anchor_sizes,
                                             detections_per_image, **(detector_kwargs or {}))
         except (ValueError, TypeError) as error:
-            raise UserError(f"--model.detector / --model.detector_kwargs / --model.anchor_sizes: {error}") from error
+            raise UserError(f"--model.detector_kwargs / --model.anchor_sizes: {error}") from error
         self.val_evaluator = DetectionEvaluator(map_backend, detections_per_image)
         self.test_evaluator = DetectionEvaluator(map_backend, detections_per_image)
 
@@ -77,13 +69,6 @@ class DetectionTask(VisionTask):
     def backbone(self) -> torch.nn.Module:
         """The timm features model inside the detector (layer decay, compile and checks work on it)."""
         return self.detector.backbone.body
-
-    def setup(self, stage: str) -> None:
-        super().setup(stage)
-        data_ids = getattr(getattr(self.trainer, 'datamodule', None), 'category_ids', None)
-        if self.hparams.category_ids is None and data_ids:
-            self.category_ids = list(data_ids)
-            self.hparams.category_ids = self.category_ids
 
     def _check_image_size(self, image_size: Optional[int]) -> None:
         """Any size works: the detector pads each batch to a multiple of its coarsest stride."""
@@ -109,7 +94,7 @@ class DetectionTask(VisionTask):
         return {'detections': detections}
 
     def _log_map(self, evaluator: DetectionEvaluator, stage: str) -> None:
-        figures = evaluator.compute()
+        figures = evaluator.compute(self.trainer.strategy)
         evaluator.reset()
         for name, value in figures.items():  # equal on every rank: syncing averages equal values
             self.log(f'{stage}/{name}', value, prog_bar=name in ('mAP', 'mAP50'), sync_dist=True)

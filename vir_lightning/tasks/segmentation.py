@@ -1,5 +1,5 @@
 """Semantic segmentation: a timm backbone's intermediate maps, a head from ``heads``, mIoU/mAcc/aAcc."""
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -7,13 +7,14 @@ import torch.nn.functional as F
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
 
-from heads import create_segmentation_head
-from ..backbone import create_backbone, patch_size
 from ..errors import UserError
-from ..segmentation_inference import slide_inference, whole_inference
+from ..heads import SegmentationHeadName, create_segmentation_head
+from ..palette import default_palette
+from .backbone import create_backbone, patch_size
 from .base import VisionTask
+from .segmentation_inference import slide_inference, whole_inference
 
-INFERENCE_MODES = ('whole', 'slide')
+InferenceMode = Literal['whole', 'slide']
 
 
 class SegmentationTask(VisionTask):
@@ -24,12 +25,10 @@ class SegmentationTask(VisionTask):
             created with ``features_only=True`` and ``out_indices``.
         out_indices: blocks whose outputs feed the head (mmseg ViT recipe: 4 maps).
         head: 'uper' (mmseg MultiLevelNeck + UPerHead + FCNHead) or 'linear'; head_kwargs to its constructor.
-        num_classes, class_names: linked from the DataModule by the CLI; palette and ignore_index
-            default to the DataModule's at setup (and are then saved with the checkpoint).
+        num_classes, class_names, palette, ignore_index: linked from the DataModule by the CLI
+            (without a DataModule: class indices as names, fixed random colours, 255).
         aux_weight: weight of the auxiliary head's loss (0.4 in mmseg).
-        inference: 'whole' or 'slide' (windows of crop_size every stride pixels, mmseg semantics).
-        inference_retention_mode: retention form used outside training, e.g. 'chunkwise' for large
-            images (ViR backbones only; None keeps the training form).
+        inference: 'whole' image, or 'slide' (windows of crop_size every stride pixels, mmseg semantics).
     """
 
     def __init__(
@@ -37,31 +36,28 @@ class SegmentationTask(VisionTask):
             backbone: str = 'vir_base_patch16_224',
             backbone_kwargs: Optional[Dict[str, Any]] = None,
             out_indices: Sequence[int] = (3, 5, 7, 11),
-            head: str = 'uper',
+            head: SegmentationHeadName = 'uper',
             head_kwargs: Optional[Dict[str, Any]] = None,
             num_classes: int = 150,
             class_names: Optional[List[str]] = None,
             palette: Optional[List[Tuple[int, int, int]]] = None,
             ignore_index: int = 255,
             aux_weight: float = 0.4,
-            inference: str = 'whole',
+            inference: InferenceMode = 'whole',
             crop_size: int = 512,
             stride: int = 341,
-            inference_retention_mode: Optional[str] = None,
             **kwargs,
     ):
         super().__init__(num_classes, **kwargs)
-        if inference not in INFERENCE_MODES:
-            raise UserError(f"--model.inference must be one of {INFERENCE_MODES}, got {inference!r}")
         self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
-        self.palette = [tuple(c) for c in palette] if palette else _default_palette(num_classes)
+        self.palette = [tuple(c) for c in palette] if palette else default_palette(num_classes)
         self.ignore_index = ignore_index
         self.backbone = create_backbone(backbone, backbone_kwargs, features_only=True, out_indices=tuple(out_indices))
         self.patch_size = patch_size(self.backbone)
         try:
             self.head = create_segmentation_head(head, self.backbone.feature_info.channels(), num_classes, head_kwargs)
-        except (ValueError, TypeError) as error:
-            raise UserError(f"--model.head / --model.head_kwargs: {error}") from error
+        except TypeError as error:
+            raise UserError(f"--model.head_kwargs: {error}") from error
         self.criterion = nn.CrossEntropyLoss(ignore_index=ignore_index)
         metrics = MetricCollection({
             'mIoU': MulticlassJaccardIndex(num_classes, average='macro', ignore_index=ignore_index),
@@ -78,9 +74,6 @@ class SegmentationTask(VisionTask):
         if data_ignore is not None and data_ignore != self.ignore_index:
             raise UserError(f"--model.ignore_index is {self.ignore_index} but the data marks ignored pixels "
                             f"with {data_ignore}: set them equal")
-        if self.hparams.palette is None and getattr(datamodule, 'palette', None):
-            self.palette = [tuple(c) for c in datamodule.palette]
-            self.hparams.palette = [list(c) for c in self.palette]
 
     def forward(self, images: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """Head outputs (logits, aux logits) at the head's resolution."""
@@ -88,7 +81,7 @@ class SegmentationTask(VisionTask):
 
     def _logits(self, images: torch.Tensor) -> torch.Tensor:
         logits, _ = self(images)
-        return F.interpolate(logits, size=images.shape[-2:], mode='bilinear', align_corners=False)
+        return _resize(logits, images.shape[-2:])
 
     def predict_logits(self, images: torch.Tensor) -> torch.Tensor:
         """Full-resolution logits [B, K, H, W] with the configured inference mode."""
@@ -101,11 +94,11 @@ class SegmentationTask(VisionTask):
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         images, masks = batch
         logits, aux = self(images)
-        loss_decode = self.criterion(_resize(logits, masks), masks)
+        loss_decode = self.criterion(_resize(logits, masks.shape[-2:]), masks)
         loss = loss_decode
         self.log('train/loss_decode', loss_decode)
         if aux is not None and self.hparams.aux_weight > 0:
-            loss_aux = self.criterion(_resize(aux, masks), masks)
+            loss_aux = self.criterion(_resize(aux, masks.shape[-2:]), masks)
             loss = loss + self.hparams.aux_weight * loss_aux
             self.log('train/loss_aux', loss_aux)
         self.log('train/loss', loss, prog_bar=True)
@@ -114,8 +107,7 @@ class SegmentationTask(VisionTask):
     def _evaluate(self, batch, metrics: MetricCollection, stage: str) -> Dict[str, torch.Tensor]:
         images, masks = batch
         logits = self.predict_logits(images)
-        if logits.shape[-2:] != masks.shape[-2:]:  # evaluate at the annotation's resolution, as mmseg
-            logits = _resize(logits, masks)
+        logits = _resize(logits, masks.shape[-2:])  # evaluate at the annotation's resolution, as mmseg
         self.log(f'{stage}/loss', self.criterion(logits, masks), sync_dist=True, batch_size=len(images))
         preds = logits.argmax(dim=1)
         metrics.update(preds, masks)
@@ -129,18 +121,15 @@ class SegmentationTask(VisionTask):
         return self._evaluate(batch, self.test_metrics, 'test')
 
     def predict_step(self, batch, batch_idx: int) -> Dict[str, torch.Tensor]:
-        """Class maps at the size of the batch's (placeholder) masks: the original image size."""
-        images, masks = batch
+        """Class maps at the image files' size (one image per batch, as the DataModules evaluate)."""
+        images, info = batch
         logits = self.predict_logits(images)
-        if logits.shape[-2:] != masks.shape[-2:]:
-            logits = _resize(logits, masks)
-        return {'preds': logits.argmax(dim=1)}
+        return {'preds': _resize(logits, info['orig_size'][0].tolist()).argmax(dim=1)}
 
 
-def _resize(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    return F.interpolate(logits, size=masks.shape[-2:], mode='bilinear', align_corners=False)
+def _resize(logits: torch.Tensor, size) -> torch.Tensor:
+    """Logits bilinearly resized to ``size`` (h, w), when they are not that size already."""
+    size = tuple(size)
+    return logits if logits.shape[-2:] == size else \
+        F.interpolate(logits, size=size, mode='bilinear', align_corners=False)
 
-
-def _default_palette(num_classes: int) -> List[Tuple[int, int, int]]:
-    generator = torch.Generator().manual_seed(0)
-    return [tuple(c) for c in torch.randint(0, 256, (num_classes, 3), generator=generator).tolist()]

@@ -20,50 +20,61 @@ width so ViR can start from them, e.g.
 import logging
 import math
 from functools import partial
-from typing import Dict, List, Optional, Set, Tuple, Union
+from typing import Dict, List, Literal, Optional, Set, Tuple, Union, get_args
 
 import torch
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import (
-    DropPath, LayerScale, Mlp, PatchEmbed, calculate_drop_path_rates,
-    resample_abs_pos_embed, resample_patch_embed, trunc_normal_,
+    DropPath, LayerScale, Mlp, PatchEmbed, calculate_drop_path_rates, register_notrace_function,
+    register_notrace_module, resample_abs_pos_embed, resample_patch_embed, trunc_normal_,
 )
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint, named_apply
 from timm.models.vision_transformer import init_weights_vit_timm
 
-from .retention import DECAY_SCHEDULES, DIRECTIONS, KERNELS, RETENTION_MODES, decay_schedule, retention
+from ..errors import check_choice
+from .retention import (
+    DecaySchedule, Direction, Kernel, RetentionMode, check_retention, decay_dtype, decay_schedule, retention,
+)
 
 __all__ = ['VisionRetentionNetwork', 'Retention', 'RetentionBlock']
 
 _logger = logging.getLogger(__name__)
 
-POS_EMBEDS = ('learn', 'none')
+PosEmbed = Literal['learn', 'none']
+GlobalPool = Literal['', 'token', 'avg']
+POS_EMBEDS = get_args(PosEmbed)
+GLOBAL_POOLS = get_args(GlobalPool)
 
 
+@register_notrace_module  # FX: the retention form is chosen in Python and its loops run over traced shapes
 class Retention(nn.Module):
-    """Multi-head retention token mixer: qkv projection, retention, per-head norm, output projection."""
+    """Multi-head retention token mixer: qkv projection, retention, per-head norm, output projection.
+
+    The retention configuration (mode, direction, chunk size, kernel, decay) is validated here, once;
+    the per-head log decay is kept in float32 (float64 for float64 inputs) per device, never in the
+    model's reduced precision, so ``model.to(torch.bfloat16)`` cannot round gamma to 1.0.
+    """
 
     def __init__(
             self,
             dim: int,
             num_heads: int = 8,
             qkv_bias: bool = True,
-            mode: str = 'parallel',
-            direction: str = 'causal',
+            mode: RetentionMode = 'parallel',
+            direction: Direction = 'causal',
             chunk_size: int = 64,
-            decay: str = 'vir',
+            decay: DecaySchedule = 'vir',
             head_norm: bool = True,
             proj_drop: float = 0.,
-            kernel: str = 'auto',
+            kernel: Kernel = 'auto',
     ):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"dim {dim} must be divisible by num_heads {num_heads}")
-        if direction not in DIRECTIONS:
-            raise ValueError(f"unknown retention direction {direction!r}; choose one of {DIRECTIONS}")
+        check_retention(mode, direction, chunk_size, kernel)
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.scale = self.head_dim ** -0.5
@@ -71,7 +82,7 @@ class Retention(nn.Module):
         self.decay = decay
         self.log_decay = tuple(decay_schedule(decay, num_heads))
         self._decay_cache: Dict[Tuple[torch.device, torch.dtype], torch.Tensor] = {}
-        self.set_mode(mode, chunk_size, kernel)
+        self.mode, self.chunk_size, self.kernel = mode, chunk_size, kernel
 
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.head_norm = nn.LayerNorm(self.head_dim, elementwise_affine=False) if head_norm else nn.Identity()
@@ -80,25 +91,18 @@ class Retention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
-    def set_mode(self, mode: str, chunk_size: Optional[int] = None, kernel: Optional[str] = None) -> None:
-        if mode not in RETENTION_MODES:
-            raise ValueError(f"unknown retention mode {mode!r}; choose one of {RETENTION_MODES}")
-        if kernel is not None:
-            if kernel not in KERNELS:
-                raise ValueError(f"unknown retention kernel {kernel!r}; choose one of {KERNELS}")
-            self.kernel = kernel
-        if chunk_size is not None:
-            if chunk_size < 1:
-                raise ValueError(f"chunk_size must be a positive integer, got {chunk_size}")
-            self.chunk_size = int(chunk_size)
-        self.mode = mode
+    def set_mode(self, mode: RetentionMode, chunk_size: Optional[int] = None, kernel: Optional[Kernel] = None) -> None:
+        """Switch to another retention form (or chunk size, or chunkwise kernel); weights are untouched."""
+        chunk_size = self.chunk_size if chunk_size is None else chunk_size
+        kernel = self.kernel if kernel is None else kernel
+        check_retention(mode, self.direction, chunk_size, kernel)
+        self.mode, self.chunk_size, self.kernel = mode, chunk_size, kernel
 
     def _log_decay(self, like: torch.Tensor) -> torch.Tensor:
-        """Per-head log decay in float32 (float64 for float64 inputs), never in a reduced precision."""
-        dtype = torch.float64 if like.dtype == torch.float64 else torch.float32
-        key = (like.device, dtype)
+        """Per-head log decay in ``decay_dtype(like)`` on like's device, built once per device and dtype."""
+        key = (like.device, decay_dtype(like))
         if key not in self._decay_cache:
-            self._decay_cache[key] = torch.tensor(self.log_decay, dtype=dtype, device=like.device)
+            self._decay_cache[key] = torch.tensor(self.log_decay, dtype=key[1], device=key[0])
         return self._decay_cache[key]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -150,6 +154,21 @@ class RetentionBlock(nn.Module):
         return x
 
 
+@register_notrace_function  # FX: runs on the real input, so the message names its real size
+def check_image_input(x: torch.Tensor, in_chans: int, patch_size: Tuple[int, int], padded: bool) -> torch.Tensor:
+    """``x`` itself if it is a batch of images the model can take, else a ValueError saying what to change."""
+    if x.ndim != 4 or x.shape[1] != in_chans:
+        raise ValueError(f"ViR expects images shaped [batch, {in_chans}, height, width], got {list(x.shape)}")
+    h, w = x.shape[-2:]
+    ph, pw = patch_size
+    if not padded and (h % ph or w % pw):
+        raise ValueError(
+            f"input size {h}x{w} is not a multiple of the patch size {ph}x{pw}: resize or pad the image to "
+            f"e.g. {math.ceil(h / ph) * ph}x{math.ceil(w / pw) * pw}, or create the model with "
+            f"dynamic_img_pad=True to pad automatically")
+    return x
+
+
 class VisionRetentionNetwork(nn.Module):
     """ViR backbone and classifier with the timm model API.
 
@@ -168,7 +187,7 @@ class VisionRetentionNetwork(nn.Module):
             patch_size: int = 16,
             in_chans: int = 3,
             num_classes: int = 1000,
-            global_pool: str = 'token',
+            global_pool: GlobalPool = 'token',
             embed_dim: int = 768,
             depth: int = 12,
             num_heads: int = 12,
@@ -176,12 +195,12 @@ class VisionRetentionNetwork(nn.Module):
             qkv_bias: bool = True,
             init_values: Optional[float] = 1e-5,
             class_token: bool = True,
-            pos_embed: str = 'learn',
-            retention_mode: str = 'parallel',
+            pos_embed: PosEmbed = 'learn',
+            retention_mode: RetentionMode = 'parallel',
             chunk_size: int = 64,
-            retention_kernel: str = 'auto',
-            direction: str = 'causal',
-            decay_schedule: str = 'vir',
+            retention_kernel: Kernel = 'auto',
+            direction: Direction = 'causal',
+            decay_schedule: DecaySchedule = 'vir',
             head_norm: bool = True,
             dynamic_img_pad: bool = False,
             drop_rate: float = 0.,
@@ -193,8 +212,7 @@ class VisionRetentionNetwork(nn.Module):
     ):
         super().__init__()
         self._check_pool(global_pool, class_token)
-        if decay_schedule not in DECAY_SCHEDULES:
-            raise ValueError(f"unknown decay_schedule {decay_schedule!r}; choose one of {DECAY_SCHEDULES}")
+        check_choice('pos_embed', pos_embed, POS_EMBEDS)
         norm_layer = norm_layer or partial(nn.LayerNorm, eps=1e-6)
         act_layer = act_layer or nn.GELU
         self.num_classes = num_classes
@@ -211,8 +229,6 @@ class VisionRetentionNetwork(nn.Module):
         self.patch_size = self.patch_embed.patch_size
         self.dynamic_img_pad = dynamic_img_pad
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if class_token else None
-        if pos_embed not in POS_EMBEDS:
-            raise ValueError(f"unknown pos_embed {pos_embed!r}; choose one of {POS_EMBEDS}")
         self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches, embed_dim)) \
             if pos_embed == 'learn' else None
         self._pos_embed_cache: Dict[tuple, torch.Tensor] = {}
@@ -236,8 +252,7 @@ class VisionRetentionNetwork(nn.Module):
 
     @staticmethod
     def _check_pool(global_pool: str, class_token: bool) -> None:
-        if global_pool not in ('', 'token', 'avg'):
-            raise ValueError(f"global_pool must be '', 'token' or 'avg', got {global_pool!r}")
+        check_choice('global_pool', global_pool, GLOBAL_POOLS)
         if global_pool == 'token' and not class_token:
             raise ValueError("global_pool='token' needs class_token=True; use global_pool='avg' without one")
 
@@ -274,7 +289,8 @@ class VisionRetentionNetwork(nn.Module):
             self.global_pool = global_pool
         self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
 
-    def set_retention_mode(self, mode: str, chunk_size: Optional[int] = None, kernel: Optional[str] = None) -> None:
+    def set_retention_mode(self, mode: RetentionMode, chunk_size: Optional[int] = None,
+                           kernel: Optional[Kernel] = None) -> None:
         """Switch every block to another retention form (or chunkwise kernel); weights are untouched."""
         for block in self.blocks:
             block.retention.set_mode(mode, chunk_size, kernel)
@@ -282,18 +298,6 @@ class VisionRetentionNetwork(nn.Module):
     @property
     def retention_mode(self) -> str:
         return self.blocks[0].retention.mode
-
-    def _check_input(self, x: torch.Tensor) -> None:
-        if x.ndim != 4 or x.shape[1] != self.in_chans:
-            raise ValueError(
-                f"ViR expects images shaped [batch, {self.in_chans}, height, width], got {list(x.shape)}")
-        h, w = x.shape[-2:]
-        ph, pw = self.patch_size
-        if not self.dynamic_img_pad and (h % ph or w % pw):
-            raise ValueError(
-                f"input size {h}x{w} is not a multiple of the patch size {ph}x{pw}: resize or pad the "
-                f"image to e.g. {math.ceil(h / ph) * ph}x{math.ceil(w / pw) * pw}, or create the model "
-                f"with dynamic_img_pad=True to pad automatically")
 
     def train(self, mode: bool = True):
         self._pos_embed_cache.clear()  # also the way to drop it after writes through `.data`
@@ -306,10 +310,12 @@ class VisionRetentionNetwork(nn.Module):
         and other in-place updates invalidate it; writes through ``.data`` do not count (call
         ``model.eval()`` again after them).
         """
+        uncached = isinstance(grid[0], torch.fx.Proxy) or torch.compiler.is_compiling() or \
+            (torch.is_grad_enabled() and self.pos_embed.requires_grad)  # tracers and autograd see the computation
+        if uncached:
+            return resample_abs_pos_embed(self.pos_embed, list(grid), self.patch_embed.grid_size, num_prefix_tokens=0)
         if tuple(grid) == tuple(self.patch_embed.grid_size):
             return self.pos_embed
-        if torch.is_grad_enabled() and self.pos_embed.requires_grad:
-            return resample_abs_pos_embed(self.pos_embed, list(grid), self.patch_embed.grid_size, num_prefix_tokens=0)
         key = (tuple(grid), self.pos_embed.device, self.pos_embed.dtype, self.pos_embed._version)
         if key not in self._pos_embed_cache:
             self._pos_embed_cache.clear()  # weights changed or moved: older entries are stale
@@ -318,8 +324,7 @@ class VisionRetentionNetwork(nn.Module):
         return self._pos_embed_cache[key]
 
     def _embed(self, x: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
-        self._check_input(x)
-        x = self.patch_embed(x)  # NHWC
+        x = self.patch_embed(check_image_input(x, self.in_chans, self.patch_size, self.dynamic_img_pad))  # NHWC
         grid = (x.shape[1], x.shape[2])
         x = x.flatten(1, 2)
         if self.pos_embed is not None:

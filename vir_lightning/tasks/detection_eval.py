@@ -1,37 +1,27 @@
 """COCO-style box mAP over a whole evaluation set, computed once, on one process.
 
 Each process keeps the detections and targets of the images it saw, keyed by image id. At the
-end they are gathered to rank 0, images that DistributedSampler repeated to even out the ranks
-are counted once, and torchmetrics' MeanAveragePrecision (pycocotools or faster-coco-eval)
-runs there; the figures are then broadcast so every rank logs the same values. torchmetrics'
-own distributed mode syncs variable-length lists of tensors across ranks, which is slow on
-COCO-sized sets and known to hang; this does one object gather instead.
+end they are gathered to rank 0 through the Lightning strategy, images that DistributedSampler
+repeated to even out the ranks are counted once, and torchmetrics' MeanAveragePrecision
+(pycocotools or faster-coco-eval) runs there; the figures are then broadcast so every rank logs
+the same values. torchmetrics' own distributed mode syncs variable-length lists of tensors
+across ranks, which is slow on COCO-sized sets and known to hang; this does a few object
+broadcasts instead.
 """
-from typing import Any, Dict, List
+from typing import Dict, List, Literal, Optional
 
 import torch
-import torch.distributed as dist
-from torchmetrics.detection import MeanAveragePrecision
+from lightning.pytorch.strategies import Strategy
+
+from ..distributed import gather_on_rank_zero
+
+MapBackend = Literal['pycocotools', 'faster_coco_eval']
 
 # torchmetrics key -> logged name
 MAP_KEYS = {
     'map': 'mAP', 'map_50': 'mAP50', 'map_75': 'mAP75', 'map_small': 'mAP_small', 'map_medium': 'mAP_medium',
     'map_large': 'mAP_large',
 }
-
-
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def gather_on_rank_zero(results: Dict[int, Any]) -> Dict[int, Any]:
-    """Per-image results of every process merged on rank 0, by image id, so that an image the
-    distributed sampler repeated counts once; without distribution, ``results`` themselves."""
-    if not _distributed():
-        return results
-    parts = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
-    dist.gather_object(results, parts, dst=0)
-    return {image_id: value for part in parts or [] for image_id, value in part.items()}
 
 
 def _cpu(sample: Dict[str, torch.Tensor], keys) -> Dict[str, torch.Tensor]:
@@ -48,7 +38,7 @@ class DetectionEvaluator:
             'mAR' is the recall at this many.
     """
 
-    def __init__(self, backend: str = 'pycocotools', max_detections: int = 100):
+    def __init__(self, backend: MapBackend = 'pycocotools', max_detections: int = 100):
         self.backend = backend
         self.max_detections = max_detections
         self.results: Dict[int, tuple] = {}
@@ -62,19 +52,18 @@ class DetectionEvaluator:
             self.results[int(target['image_id'])] = (
                 _cpu(detection, ('boxes', 'scores', 'labels')), _cpu(target, ('boxes', 'labels', 'iscrowd')))
 
-    def compute(self) -> Dict[str, float]:
-        results = gather_on_rank_zero(self.results)
-        figures = [None]
-        if not _distributed() or dist.get_rank() == 0:
-            figures[0] = self._map(results)
-        if _distributed():
-            dist.broadcast_object_list(figures, src=0)
-        return figures[0]
+    def compute(self, strategy: Optional[Strategy] = None) -> Dict[str, float]:
+        """The figures of all processes' images (``strategy``: the trainer's, under DDP), on every rank."""
+        results = gather_on_rank_zero(strategy, self.results)
+        if strategy is None or strategy.world_size == 1:
+            return self._map(results)
+        return strategy.broadcast(self._map(results) if strategy.is_global_zero else None, src=0)
 
     def _map(self, results: Dict[int, tuple]) -> Dict[str, float]:
         keys = {**MAP_KEYS, f'mar_{self.max_detections}': 'mAR'}
         if not results:
             return {name: float('nan') for name in keys.values()}
+        from torchmetrics.detection import MeanAveragePrecision  # imports pycocotools: only when evaluating
         metric = MeanAveragePrecision(
             box_format='xyxy', iou_type='bbox', backend=self.backend, sync_on_compute=False,
             max_detection_thresholds=[1, 10, self.max_detections], extended_summary=True)

@@ -4,13 +4,13 @@ Built from timm's parameter-group and scheduler helpers: layer decay follows the
 ``group_matcher``, no weight decay on biases, norms and ``no_weight_decay()`` parameters.
 Schedules are stepped per optimizer step, so warm-up and decay are expressed in steps.
 """
-from typing import Iterable, List, Optional, Sequence
+from typing import Iterable, List, Literal, Optional, Sequence
 
 import torch.nn as nn
 from timm.optim import create_optimizer_v2, param_groups_layer_decay, param_groups_weight_decay
 from timm.scheduler import CosineLRScheduler, MultiStepLRScheduler, PolyLRScheduler
 
-SCHEDULES = ('cosine', 'poly', 'step')
+Schedule = Literal['cosine', 'poly', 'step']
 
 
 def param_groups(
@@ -37,7 +37,7 @@ def build_optimizer(groups: List[dict], lr: float, weight_decay: float, opt: str
 
 
 def build_scheduler(
-        optimizer, schedule: str, total_steps: int, warmup_steps: int, min_lr: float, warmup_lr: float = 1e-6,
+        optimizer, schedule: Schedule, total_steps: int, warmup_steps: int, min_lr: float, warmup_lr: float = 1e-6,
         power: float = 1.0, milestones: Sequence[float] = (0.889, 0.963), gamma: float = 0.1,
 ):
     """A timm scheduler to step with ``step_update(global_step)``; warm-up comes before the decay.
@@ -45,8 +45,6 @@ def build_scheduler(
     'step' multiplies the lr by ``gamma`` at each of ``milestones`` (fractions of all steps; the
     default is the ViTDet / Detectron2 schedule, decays at 88.9% and 96.3%).
     """
-    if schedule not in SCHEDULES:
-        raise ValueError(f"unknown lr schedule {schedule!r}; choose one of {SCHEDULES}")
     warmup_steps = max(0, min(int(warmup_steps), total_steps - 1))
     if schedule == 'step':
         if not all(0 < m < 1 for m in milestones):

@@ -93,10 +93,10 @@ def build_model(name: str, size: int, head: str, mode: Optional[str], args) -> t
     if head == 'none':
         return timm.create_model(name, num_classes=0, **kwargs)
     if head == 'uper':  # four maps, as the mmseg ViT recipe (which blocks does not change the cost)
-        from heads import UPerNet
+        from ..heads import UPerNet
         backbone = timm.create_model(name, features_only=True, out_indices=4, **kwargs)
         return _BackboneAndHead(backbone, UPerNet(backbone.feature_info.channels(), num_classes=150))
-    from heads import create_detector
+    from ..heads import create_detector
     backbone = timm.create_model(name, features_only=True, out_indices=(-1,), **kwargs)
     return create_detector('faster_rcnn', backbone, num_classes=80)
 
@@ -406,7 +406,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> Path:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from .errors import UserError
+    from ..errors import UserError
     argv = list(sys.argv[2:] if argv is None else argv)
     args = parser().parse_args(argv)
     device = torch.device('cuda' if args.device == 'auto' and torch.cuda.is_available() else

@@ -1,4 +1,4 @@
-"""``python -m vir_lightning.study``: ViR against ViT on the demo tasks at two resolutions.
+"""``python -m vir_lightning study``: ViR against ViT on the demo tasks at two resolutions.
 
 Both backbones get the same head, schedule, batch and number of optimizer steps (the packaged
 seg_demo / det_demo recipes, with the ViT of the same width, depth, heads and patch); only the
@@ -115,7 +115,7 @@ def write(results: List[Dict], meta: Dict, output: Path) -> None:
 
 def main(argv: List[str] = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    p = argparse.ArgumentParser(prog='python -m vir_lightning.study', description=__doc__,
+    p = argparse.ArgumentParser(prog='python -m vir_lightning study', description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--tasks', nargs='+', default=list(TASKS), choices=list(TASKS))
     p.add_argument('--output', default=f'benchmarks/results/study-cpu-{datetime.date.today()}')
@@ -124,7 +124,7 @@ def main(argv: List[str] = None) -> None:
     meta = {'device': f'{platform.machine()} CPU, {os.cpu_count()} cores' if not torch.cuda.is_available()
             else torch.cuda.get_device_name(), 'date': datetime.datetime.now(datetime.timezone.utc).isoformat(
                 timespec='seconds'), 'torch': torch.__version__,
-            'command': 'python -m vir_lightning.study ' + ' '.join(argv)}
+            'command': 'python -m vir_lightning study ' + ' '.join(argv)}
     results = []
     for task in args.tasks:
         for size in TASKS[task]['budgets']:

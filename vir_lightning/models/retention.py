@@ -16,25 +16,46 @@ Three forms compute the same numbers:
   O(N C d) time, no N x N tensor. The form for high resolution.
 
 Bidirectional retention is exact: chunkwise, in one pass (symmetric decay inside chunks, a forward
-and a backward scan over chunk states); recurrent, as two causal passes (forward, and backward on
-the flipped sequence) minus the diagonal term that both count.
+and a backward scan over chunk states); recurrent and on flash-linear-attention's kernels, as two
+causal passes (forward, and backward on the flipped sequence) minus the diagonal term both count.
 
 Decay powers are always formed in float32 (or float64 for float64 inputs) and only from
 non-positive exponents, so they neither round to 1.0 under bf16 autocast nor overflow at long
 sequence lengths.
+
+The options are ``Literal`` types (the CLI lists and checks their values); ``check_retention``
+validates a configuration once, when a module is built, so ``retention()`` itself only dispatches.
 """
 import math
-from typing import List
+from typing import List, Literal, get_args
 
 import torch
 import torch.nn.functional as F
 
-from .retention_fla import fla_available, retention_fla
+from ..errors import check_choice
+from .retention_fla import causal_retention_fla, fla_available
 
-RETENTION_MODES = ('parallel', 'recurrent', 'chunkwise')
-DIRECTIONS = ('causal', 'bidirectional')
-DECAY_SCHEDULES = ('vir', 'retnet')
-KERNELS = ('auto', 'torch', 'fla')
+RetentionMode = Literal['parallel', 'recurrent', 'chunkwise']
+Direction = Literal['causal', 'bidirectional']
+DecaySchedule = Literal['vir', 'retnet']
+Kernel = Literal['auto', 'torch', 'fla']
+RETENTION_MODES = get_args(RetentionMode)
+DIRECTIONS = get_args(Direction)
+DECAY_SCHEDULES = get_args(DecaySchedule)
+KERNELS = get_args(Kernel)
+
+
+def check_retention(mode: str, direction: str, chunk_size: int, kernel: str) -> None:
+    """Validate a retention configuration (once, when a module is built or switched)."""
+    check_choice('retention mode', mode, RETENTION_MODES)
+    check_choice('retention direction', direction, DIRECTIONS)
+    check_choice('retention kernel', kernel, KERNELS)
+    if not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size}")
+    if kernel == 'fla' and not fla_available():
+        raise ValueError(
+            "retention kernel 'fla' needs flash-linear-attention (pip install '.[gpu]') and a CUDA device; "
+            "use kernel 'auto' to fall back to the PyTorch form elsewhere")
 
 
 def decay_schedule(name: str, num_heads: int) -> List[float]:
@@ -43,31 +64,20 @@ def decay_schedule(name: str, num_heads: int) -> List[float]:
     ``vir``: gamma_h = 1 - exp(linspace(log(1/32), log(1/512), H)), the ViR release, any head count.
     ``retnet``: gamma_h = 1 - 2^(-5 - h), the RetNet schedule used by the fla kernels.
     """
+    check_choice('decay schedule', name, DECAY_SCHEDULES)
     if name == 'vir':
         if num_heads == 1:
             rates = [1 / 32]
         else:
             lo, hi = math.log(1 / 32), math.log(1 / 512)
             rates = [math.exp(lo + (hi - lo) * h / (num_heads - 1)) for h in range(num_heads)]
-    elif name == 'retnet':
-        rates = [2.0 ** (-5 - h) for h in range(num_heads)]
     else:
-        raise ValueError(f"unknown decay schedule {name!r}; choose one of {DECAY_SCHEDULES}")
+        rates = [2.0 ** (-5 - h) for h in range(num_heads)]
     return [math.log1p(-r) for r in rates]
 
 
-def _check_args(mode: str, direction: str, chunk_size: int, kernel: str = 'auto') -> None:
-    if kernel not in KERNELS:
-        raise ValueError(f"unknown retention kernel {kernel!r}; choose one of {KERNELS}")
-    if mode not in RETENTION_MODES:
-        raise ValueError(f"unknown retention mode {mode!r}; choose one of {RETENTION_MODES}")
-    if direction not in DIRECTIONS:
-        raise ValueError(f"unknown retention direction {direction!r}; choose one of {DIRECTIONS}")
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size}")
-
-
-def _decay_dtype(x: torch.Tensor) -> torch.dtype:
+def decay_dtype(x: torch.Tensor) -> torch.dtype:
+    """The precision of decays and states for inputs like ``x``: float64 for float64, float32 otherwise."""
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
@@ -82,7 +92,7 @@ def retention_parallel(
 ) -> torch.Tensor:
     """Parallel form: (Q K^T * D) V with D[n, m] = gamma^(n - m) (causal) or gamma^|n - m|."""
     n = q.shape[-2]
-    pos = torch.arange(n, device=q.device, dtype=_decay_dtype(q))
+    pos = torch.arange(n, device=q.device, dtype=decay_dtype(q))
     dist = pos[:, None] - pos[None, :]
     if direction == 'causal':
         decay = _decay_pow(log_decay, dist.clamp(min=0)) * (dist >= 0)
@@ -99,7 +109,7 @@ def _full_precision(x: torch.Tensor):
 
 def _recurrent_causal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_decay: torch.Tensor) -> torch.Tensor:
     b, h, n, d = q.shape
-    state_dtype = _decay_dtype(q)
+    state_dtype = decay_dtype(q)
     out_dtype = torch.promote_types(q.dtype, v.dtype)
     with _full_precision(q):
         q, k, v = (t.to(state_dtype) for t in (q, k, v))
@@ -135,7 +145,7 @@ def _chunkwise_causal(
     q, k, v = _split_chunks(q, k, v, chunk_size)
     num_chunks, c = q.shape[2:4]
 
-    state_dtype = _decay_dtype(q)
+    state_dtype = decay_dtype(q)
     pos = torch.arange(c, device=q.device, dtype=state_dtype)
     dist = pos[:, None] - pos[None, :]
     inner_decay = (_decay_pow(log_decay, dist.clamp(min=0)) * (dist >= 0))[:, None]  # [H, 1, C, C]
@@ -170,7 +180,7 @@ def _chunkwise_bidirectional(
     q, k, v = _split_chunks(q, k, v, chunk_size)
     num_chunks, c = q.shape[2:4]
 
-    state_dtype = _decay_dtype(q)
+    state_dtype = decay_dtype(q)
     pos = torch.arange(c, device=q.device, dtype=state_dtype)
     inner_decay = _decay_pow(log_decay, (pos[:, None] - pos[None, :]).abs())[:, None]  # [H, 1, C, C]
     inner = ((q @ k.transpose(-1, -2)) * inner_decay).to(v.dtype) @ v
@@ -195,23 +205,23 @@ def _chunkwise_bidirectional(
     return out.reshape(b, h, num_chunks * c, dv)[:, :, :n]
 
 
+def _bidirectional(causal_fn, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_decay: torch.Tensor):
+    """Exact two-sided retention from a causal form: forward pass + flipped backward pass - the doubled diagonal."""
+    forward = causal_fn(q, k, v, log_decay)
+    backward = causal_fn(q.flip(-2), k.flip(-2), v.flip(-2), log_decay).flip(-2)
+    diagonal = (q * k).sum(-1, keepdim=True) * v
+    return forward + backward - diagonal
+
+
 def _use_fla(kernel: str, q: torch.Tensor) -> bool:
     if kernel == 'torch':
         return False
-    usable = fla_available() and q.is_cuda and q.dtype != torch.float64
-    if kernel == 'fla' and not usable:
-        raise RuntimeError(
-            "retention kernel 'fla' needs flash-linear-attention (pip install '.[gpu]') and CUDA tensors in "
-            "float32, bfloat16 or float16; use kernel 'auto' to fall back to the PyTorch form elsewhere")
-    return usable
-
-
-def _bidirectional(causal_fn, q, k, v, *args):
-    """Exact two-sided retention: forward pass + flipped backward pass - the doubled diagonal."""
-    forward = causal_fn(q, k, v, *args)
-    backward = causal_fn(q.flip(-2), k.flip(-2), v.flip(-2), *args).flip(-2)
-    diagonal = (q * k).sum(-1, keepdim=True) * v
-    return forward + backward - diagonal
+    if kernel == 'fla':
+        if not q.is_cuda or q.dtype == torch.float64:
+            raise RuntimeError("retention kernel 'fla' runs on CUDA tensors in float32, bfloat16 or float16 only; "
+                               "use kernel 'auto' to fall back to the PyTorch form elsewhere")
+        return True
+    return q.is_cuda and q.dtype != torch.float64 and fla_available()
 
 
 def retention(
@@ -219,29 +229,29 @@ def retention(
         k: torch.Tensor,
         v: torch.Tensor,
         log_decay: torch.Tensor,
-        mode: str = 'parallel',
-        direction: str = 'causal',
+        mode: RetentionMode = 'parallel',
+        direction: Direction = 'causal',
         chunk_size: int = 64,
-        kernel: str = 'auto',
+        kernel: Kernel = 'auto',
 ) -> torch.Tensor:
     """Multi-head retention of q, k [B, H, N, d] and v [B, H, N, dv] with per-head ``log_decay`` [H].
 
-    ``q`` must already carry the d^-1/2 scale. Returns [B, H, N, dv]. ``kernel`` picks the chunkwise
+    ``q`` must already carry the d^-1/2 scale; ``log_decay`` must be on q's device in
+    ``decay_dtype(q)`` (``Retention`` caches it so). Returns [B, H, N, dv]. The options are not
+    re-checked here: validate them once with ``check_retention``. ``kernel`` picks the chunkwise
     implementation: 'fla' (flash-linear-attention's Triton kernels, CUDA only), 'torch' (the
     pure-PyTorch form here), or 'auto' (fla for CUDA tensors when installed, torch otherwise).
     """
-    _check_args(mode, direction, chunk_size, kernel)
     if q.shape[-2] == 0:
         return v.new_zeros(v.shape)
-    log_decay = log_decay.to(device=q.device, dtype=_decay_dtype(q))
-    if mode == 'chunkwise' and _use_fla(kernel, q):
-        return retention_fla(q, k, v, log_decay, direction)
     if mode == 'parallel':
         return retention_parallel(q, k, v, log_decay, direction)
     if mode == 'recurrent':
-        if direction == 'causal':
-            return _recurrent_causal(q, k, v, log_decay)
-        return _bidirectional(_recurrent_causal, q, k, v, log_decay)
+        return _recurrent_causal(q, k, v, log_decay) if direction == 'causal' else \
+            _bidirectional(_recurrent_causal, q, k, v, log_decay)
+    if _use_fla(kernel, q):
+        return causal_retention_fla(q, k, v, log_decay) if direction == 'causal' else \
+            _bidirectional(causal_retention_fla, q, k, v, log_decay)
     if direction == 'causal':
         return _chunkwise_causal(q, k, v, log_decay, chunk_size)
     return _chunkwise_bidirectional(q, k, v, log_decay, chunk_size)

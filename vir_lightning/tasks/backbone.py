@@ -4,7 +4,7 @@ from typing import Any, Dict, Optional
 import timm
 import torch.nn as nn
 
-from .errors import UserError
+from ..errors import UserError
 
 
 def create_backbone(name: str, kwargs: Optional[Dict[str, Any]] = None, **overrides) -> nn.Module:

@@ -1,0 +1,1 @@
+"""Packaged configs (YAML): ``python -m vir_lightning fit --config NAME.yaml`` finds them by name."""

@@ -1,0 +1,1 @@
+"""Trainer presets to compose after a task config: ``--config trainer/ddp.yaml``."""
