@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from vir_lightning.errors import DataNotFoundError, UserError
+from vir_lightning.errors import DataNotFoundError, UserError, listing
 from vir_lightning.palette import default_palette
 from .base import VisionDataModule
 from .images import AlbumentationsTransform, ImageFiles, SeededTransform, list_images, load_rgb, predict_paths
@@ -95,7 +95,7 @@ class SegmentationPairs(Dataset):
             values = np.unique(label)
             bad = values[((values < 0) | (values > self.max_label)) & (values != self.ignore_index)]
             if len(bad):
-                shown = ', '.join(str(int(v)) for v in bad[:10]) + (' ...' if len(bad) > 10 else '')
+                shown = listing(int(v) for v in bad)
                 raw = f"0 (unlabelled) or 1..{self.num_classes}" if self.reduce_zero_label \
                     else f"0..{self.num_classes - 1}"
                 raise UserError(
@@ -274,20 +274,17 @@ class ADE20KDataModule(VisionDataModule):
 
     @staticmethod
     def _check_matching(images: Dict[Path, Path], labels: Dict[Path, Path], image_dir: Path, label_dir: Path):
-        def listing(paths: List[Path]) -> str:
-            return ', '.join(f"'{p}'" for p in paths[:10]) + (f' and {len(paths) - 10} more' if len(paths) > 10 else '')
-
         unlabelled = sorted(images[k] for k in images.keys() - labels.keys())
         if unlabelled:
             raise UserError(
                 f"{len(unlabelled)} image(s) in '{image_dir}' have no annotation in '{label_dir}' "
-                f"(expected the same name with {ANNOTATION_SUFFIX}): {listing(unlabelled)}. "
+                f"(expected the same name with {ANNOTATION_SUFFIX}): {listing(repr(str(p)) for p in unlabelled)}. "
                 f"Add the missing annotations or remove those images.")
         orphans = sorted(labels[k] for k in labels.keys() - images.keys())
         if orphans:
             raise UserError(
                 f"{len(orphans)} annotation(s) in '{label_dir}' have no image in '{image_dir}' "
-                f"(expected the same name with an image suffix such as .jpg): {listing(orphans)}. "
+                f"(expected the same name with an image suffix such as .jpg): {listing(repr(str(p)) for p in orphans)}. "
                 f"Add the missing images or remove those annotations.")
 
     # ---- datasets ----------------------------------------------------------------------------

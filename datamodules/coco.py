@@ -23,17 +23,12 @@ from PIL import Image
 from torch.utils.data import Dataset
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from vir_lightning.errors import DataNotFoundError, UserError
+from vir_lightning.errors import DataNotFoundError, UserError, listing
 from .base import VisionDataModule
 from .det_transforms import detection_eval_transform, detection_train_transform
 from .images import AlbumentationsTransform, ImageFiles, SeededTransform, load_rgb, predict_paths
 
 COCO_URL = 'https://cocodataset.org/#download'
-
-
-def _listing(items: Sequence, limit: int = 10) -> str:
-    shown = ', '.join(str(i) for i in items[:limit])
-    return shown + (f' and {len(items) - limit} more' if len(items) > limit else '')
 
 
 @dataclass
@@ -120,19 +115,19 @@ def load_coco_annotations(path: Path, categories: Optional[List[dict]] = None) -
             box = inside
         found[ann['image_id']].append((box, label_of[ann['category_id']], int(bool(ann.get('iscrowd', 0)))))
     if unknown_categories:
-        known = ', '.join(f"{c['id']} ({c['name']})" for c in categories[:20])
+        known = listing((f"{c['id']} ({c['name']})" for c in categories), limit=20)
         raise UserError(
-            f"annotation file '{path}' uses category id(s) {_listing(sorted(unknown_categories))} that are not among "
+            f"annotation file '{path}' uses category id(s) {listing(sorted(unknown_categories))} that are not among "
             f"the categories{' of the training file' if from_training_file else ''}: "
-            f"{known}{' ...' if len(categories) > 20 else ''}. Fix those annotations or add the categories.")
+            f"{known}. Fix those annotations or add the categories.")
     if unknown_images:
         raise UserError(f"annotation file '{path}' has annotations for image id(s) "
-                        f"{_listing(sorted(unknown_images))} that are not in its 'images' list")
+                        f"{listing(sorted(unknown_images))} that are not in its 'images' list")
     if clipped or dropped:
         parts = [f"{clipped} box(es) reaching outside their image were clipped to it"] if clipped else []
         if dropped:
             parts.append(f"{len(dropped)} box(es) with zero or negative width/height (or wholly outside their "
-                         f"image) were dropped (annotation ids {_listing(dropped)})")
+                         f"image) were dropped (annotation ids {listing(dropped)})")
         warnings.warn(f"'{path}': {'; '.join(parts)}", UserWarning, stacklevel=2)
 
     def stack(image_id: int, index: int, dtype) -> np.ndarray:
@@ -294,7 +289,7 @@ class COCODataModule(VisionDataModule):
         if missing:
             raise UserError(
                 f"{len(missing)} image(s) listed in '{annotations.path}' are missing from '{image_dir}': "
-                f"{_listing(missing)}. Restore them, fix --data.*_images, or remove them from the JSON.")
+                f"{listing(missing)}. Restore them, fix --data.*_images, or remove them from the JSON.")
 
     # ---- class metadata --------------------------------------------------------------------------
     @property

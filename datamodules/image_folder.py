@@ -7,7 +7,7 @@ from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from vir_lightning.errors import DataNotFoundError, UserError
+from vir_lightning.errors import DataNotFoundError, UserError, listing
 from .base import VisionDataModule
 from .images import AlbumentationsTransform, ImageFiles, load_rgb, predict_paths
 from .transforms import classification_eval_transform, classification_train_transform, build_rand_augment
@@ -25,8 +25,8 @@ class ClassFolder(ImageFolder):
         unknown = sorted(present - set(self.fixed_classes))
         if unknown:
             raise UserError(
-                f"'{directory}' has class folders that the training split lacks: {unknown[:10]}"
-                f"{' ...' if len(unknown) > 10 else ''}. Every evaluation class must also be a training class.")
+                f"'{directory}' has class folders that the training split lacks: {listing(unknown)}. "
+                f"Every evaluation class must also be a training class.")
         return self.fixed_classes, {name: i for i, name in enumerate(self.fixed_classes)}
 
     @property

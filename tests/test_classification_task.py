@@ -117,3 +117,21 @@ def test_layer_decay_and_warmup_schedule(image_folder, tmp_path):
     assert head_lr[-1] < head_lr[4]  # ... then cosine decays
     no_decay = [g for g in groups if g['weight_decay'] == 0.0]
     assert any(p is task.backbone.pos_embed for g in no_decay for p in g['params'])
+
+
+@pytest.mark.parametrize('max_epochs', [-1, 100])
+def test_warmup_epochs_count_the_trainers_batches_when_max_steps_ends_the_run(image_folder, tmp_path, max_epochs):
+    """26 images at batch 8 (last one dropped): 3 steps per epoch, whatever caps the run."""
+    dm = ImageFolderDataModule(root=str(image_folder), batch_size=8, num_workers=0, image_size=32)
+    task = make_task(warmup_epochs=1, lr=1e-2, min_lr=0.0)
+    lrs = []
+
+    class Record(L.Callback):
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            lrs.append(trainer.optimizers[0].param_groups[0]['lr'])
+
+    trainer = make_trainer(tmp_path, max_steps=9, max_epochs=max_epochs, limit_val_batches=0, callbacks=[Record()])
+    trainer.fit(task, dm)
+    assert task.steps_per_epoch() == 3
+    assert lrs[0] < lrs[1] < lrs[2] < lrs[3] == pytest.approx(1e-2, rel=1e-6)  # warm-up lasts one epoch
+    assert lrs[4] < lrs[3]

@@ -100,3 +100,48 @@ def test_mnist_demo_split_is_real_balanced_and_fixed():
 def test_mnist_demo_missing_file_explains_install(tmp_path):
     with pytest.raises(DataNotFoundError, match=r"\.\[demo\]"):
         MNISTDemoDataModule(root=str(tmp_path / 'missing.csv.gz'))
+
+
+POLICIES = ['rand-m9-mstd0.5-inc1', 'rand-m10-inc1', 'rand-m0-mstd0', 'rand-m7-mstd3', 'rand-m30-mmax30-inc1',
+            'rand-m15-mmax20-mstd5-n4-p1.0', 'rand-m9-mstd101-inc1', 'rand-m9-n3-mstd0.5-tweights']
+
+
+@pytest.mark.parametrize('policy', POLICIES)
+def test_rand_augment_survives_every_op_at_both_ends_of_its_range(policy):
+    """timm maps the ends of the magnitude range to 0 posterize bits, which Pillow 13 rejects."""
+    import random
+    from PIL import Image
+    from vir_lightning.datamodules.transforms import build_rand_augment
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (12, 10, 3)).astype(np.uint8))
+    transform = build_rand_augment(policy)
+    for op in transform.ops:  # each op forced on, at its lowest and highest magnitude
+        op.prob, op.magnitude_std = 1.0, 0
+        for op.magnitude in (0, op.magnitude_max or 10):
+            assert op(image).size == image.size, (op.name, op.magnitude)
+    random.seed(0)
+    transform = build_rand_augment(policy)
+    for _ in range(3000):  # as sampled in training: 'rand-m9-mstd0.5-inc1' reaches 10 a few times in 3,000
+        transform(image)
+
+
+def test_zero_posterize_bits_give_black_as_pillow_did_before_13():
+    from PIL import Image
+    from vir_lightning.datamodules.transforms import posterize_any_bits
+    image = Image.fromarray(np.full((4, 4, 3), 200, np.uint8))
+    assert np.asarray(posterize_any_bits(image, 0)).max() == 0
+    assert np.asarray(posterize_any_bits(image, 1)).tolist() == np.full((4, 4, 3), 128).tolist()
+
+
+def test_image_folder_trains_with_the_imagenet_recipes_rand_augment(image_folder):
+    dm = ImageFolderDataModule(root=str(image_folder), batch_size=4, num_workers=0, image_size=32,
+                               rand_augment='rand-m9-mstd0.5-inc1')
+    dm.setup('fit')
+    for _ in range(40):  # 1,040 augmented images
+        for i in range(len(dm.train_set)):
+            assert dm.train_set[i][0].shape == (3, 32, 32)
+
+
+def test_malformed_rand_augment_policy_is_refused_at_construction(image_folder):
+    for policy in ('augmix-m5', 'rand-q9'):
+        with pytest.raises(UserError, match=r"--data.rand_augment .* e\.g\. 'rand-m9-mstd0\.5-inc1'"):
+            ImageFolderDataModule(root=str(image_folder), rand_augment=policy)

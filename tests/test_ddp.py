@@ -69,3 +69,19 @@ def test_ddp_detection_map_counts_each_image_once(coco_folder, tmp_path):
     one = _trainer(tmp_path, 1).validate(task, dm, verbose=False)[0]
     assert two['val/mAP50'] == pytest.approx(one['val/mAP50'], abs=1e-6)
     assert two['val/mAR'] == pytest.approx(one['val/mAR'], abs=1e-6) and one['val/mAR'] > 0
+
+
+def test_a_gloo_process_group_is_destroyed_when_the_process_exits():
+    """Lightning destroys only NCCL groups at exit; a live gloo group could abort a finished run at exit
+    ("terminate called without an active exception"). The check below runs after our exit hook."""
+    code = '''
+import atexit, torch.distributed as dist
+from vir_lightning.distributed import destroy_process_group_at_exit
+atexit.register(lambda: print("alive at exit:", dist.is_initialized()))  # registered first: runs last
+dist.init_process_group('gloo', init_method='tcp://127.0.0.1:0', rank=0, world_size=1)
+destroy_process_group_at_exit()
+destroy_process_group_at_exit()  # idempotent
+'''
+    result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == 'alive at exit: False'

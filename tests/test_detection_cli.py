@@ -65,6 +65,9 @@ def test_coco_configs_train_and_evaluate_on_any_coco_folder(coco_folder, tmp_pat
     assert code == 0, err
     checkpoints = tmp_path / 'runs' / run_name / 'version_0' / 'checkpoints'
     assert any(p.name.startswith('best-step') for p in checkpoints.iterdir())
+    import torch
+    hparams = torch.load(checkpoints / 'last.ckpt', map_location='cpu', weights_only=False)['hyper_parameters']
+    assert hparams['category_ids'] == [3, 7] and hparams['class_names'] == ['square', 'bar']  # linked, saved
 
     code, _, err = run_main([
         'predict', '--config', config, f'--data.root={coco_folder}', '--data.num_workers=0', '--data.image_size=128',

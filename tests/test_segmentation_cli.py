@@ -24,6 +24,12 @@ def test_seg_demo_fit_then_predict_writes_masks_and_overlays(tmp_path, monkeypat
     assert 'val/image_truth_prediction' in tags['images']
 
     last = str(run_dir / 'checkpoints' / 'last.ckpt')
+    import torch
+    from vir_lightning.datamodules.synthetic_scenes import SYNTHETIC_CLASSES, SYNTHETIC_PALETTE
+    hparams = torch.load(last, map_location='cpu', weights_only=False)['hyper_parameters']
+    # every value the task takes from the data arrives by link and is saved with the checkpoint
+    assert hparams['class_names'] == list(SYNTHETIC_CLASSES) and hparams['ignore_index'] == 255
+    assert [tuple(c) for c in hparams['palette']] == list(SYNTHETIC_PALETTE) and hparams['num_classes'] == 7
     for run in ('run', 'run-1'):  # a second predict never overwrites the first
         code, _, err = run_main(['predict', '--config', 'seg_demo.yaml', *TINY_SEG_DEMO, '--ckpt_path', last,
                                  '--model.inference=slide', '--model.crop_size=64', '--model.stride=48'], capsys)

@@ -9,6 +9,12 @@ class DataNotFoundError(UserError, FileNotFoundError):
     """A dataset folder or file is missing."""
 
 
+def listing(items, limit: int = 10) -> str:
+    """The first ``limit`` items, comma-separated, and how many more there are: for messages."""
+    items = [str(i) for i in items]
+    return ', '.join(items[:limit]) + (f' and {len(items) - limit} more' if len(items) > limit else '')
+
+
 def check_choice(option: str, value, choices) -> None:
     """A ValueError naming the option and its choices when ``value`` is not one of them (for Python
     callers of the models and heads; the CLI checks its ``Literal`` options before anything is built)."""

@@ -123,7 +123,8 @@ def _recurrent_causal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_dec
 
 
 def _split_chunks(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, chunk_size: int):
-    """[B, H, N, d] -> [B, H, num_chunks, C, d], the last chunk zero-padded.
+    """[B, H, N, d] -> [B, H, num_chunks, C, d], the last chunk zero-padded, and the in-chunk positions
+    0..C-1 in ``decay_dtype(q)``.
 
     Zero keys and values after the last token contribute nothing to any real token, in either direction.
     """
@@ -133,7 +134,14 @@ def _split_chunks(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, chunk_size:
     pad = num_chunks * c - n
     if pad:
         q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
-    return tuple(t.reshape(b, h, num_chunks, c, t.shape[-1]) for t in (q, k, v))
+    chunks = tuple(t.reshape(b, h, num_chunks, c, t.shape[-1]) for t in (q, k, v))
+    return chunks + (torch.arange(c, device=q.device, dtype=decay_dtype(q)),)
+
+
+def _merge_chunks(out: torch.Tensor, q: torch.Tensor, v: torch.Tensor, n: int) -> torch.Tensor:
+    """[B, H, num_chunks, C, dv] -> [B, H, n, dv] in the inputs' promoted dtype, the padding dropped."""
+    b, h, num_chunks, c, dv = out.shape
+    return out.to(torch.promote_types(q.dtype, v.dtype)).reshape(b, h, num_chunks * c, dv)[:, :, :n]
 
 
 def _chunkwise_causal(
@@ -141,12 +149,8 @@ def _chunkwise_causal(
 ) -> torch.Tensor:
     """All chunks' inner products in one batched matmul, then one short scan over chunk states."""
     b, h, n, d = q.shape
-    dv = v.shape[-1]
-    q, k, v = _split_chunks(q, k, v, chunk_size)
-    num_chunks, c = q.shape[2:4]
-
-    state_dtype = decay_dtype(q)
-    pos = torch.arange(c, device=q.device, dtype=state_dtype)
+    q, k, v, pos = _split_chunks(q, k, v, chunk_size)
+    num_chunks, c, state_dtype = q.shape[2], q.shape[3], pos.dtype
     dist = pos[:, None] - pos[None, :]
     inner_decay = (_decay_pow(log_decay, dist.clamp(min=0)) * (dist >= 0))[:, None]  # [H, 1, C, C]
     scores = (q @ k.transpose(-1, -2)) * inner_decay
@@ -157,15 +161,14 @@ def _chunkwise_causal(
         key_decay = _decay_pow(log_decay, c - 1 - pos)[:, None, :, None]  # [H, 1, C, 1]
         updates = (k.to(state_dtype) * key_decay).transpose(-1, -2) @ v.to(state_dtype)  # [B, H, nc, d, dv]
         chunk_decay = torch.exp(log_decay * c).view(1, h, 1, 1)
-        states = [updates.new_zeros(b, h, d, dv)]
+        states = [updates.new_zeros(b, h, d, v.shape[-1])]
         for i in range(num_chunks - 1):
             states.append(chunk_decay * states[-1] + updates[:, :, i])
         states = torch.stack(states, dim=2)  # the state entering each chunk
 
         query_decay = _decay_pow(log_decay, pos + 1)[:, None, :, None]  # token j is j+1 steps past the state
         cross = (q.to(state_dtype) * query_decay) @ states
-    out = (inner + cross).to(torch.promote_types(q.dtype, v.dtype))
-    return out.reshape(b, h, num_chunks * c, dv)[:, :, :n]
+    return _merge_chunks(inner + cross, q, v, n)
 
 
 def _chunkwise_bidirectional(
@@ -176,12 +179,8 @@ def _chunkwise_bidirectional(
     chunks before and a backward scan over those after. Half the inner work of two causal passes,
     and no flipped copies."""
     b, h, n, d = q.shape
-    dv = v.shape[-1]
-    q, k, v = _split_chunks(q, k, v, chunk_size)
-    num_chunks, c = q.shape[2:4]
-
-    state_dtype = decay_dtype(q)
-    pos = torch.arange(c, device=q.device, dtype=state_dtype)
+    q, k, v, pos = _split_chunks(q, k, v, chunk_size)
+    num_chunks, c, state_dtype = q.shape[2], q.shape[3], pos.dtype
     inner_decay = _decay_pow(log_decay, (pos[:, None] - pos[None, :]).abs())[:, None]  # [H, 1, C, C]
     inner = ((q @ k.transpose(-1, -2)) * inner_decay).to(v.dtype) @ v
 
@@ -191,7 +190,7 @@ def _chunkwise_bidirectional(
         to_later = (k32 * _decay_pow(log_decay, c - 1 - pos)[:, None, :, None]).transpose(-1, -2) @ v32
         to_earlier = (k32 * _decay_pow(log_decay, pos)[:, None, :, None]).transpose(-1, -2) @ v32
         chunk_decay = torch.exp(log_decay * c).view(1, h, 1, 1)
-        zero = to_later.new_zeros(b, h, d, dv)
+        zero = to_later.new_zeros(b, h, d, v.shape[-1])
         before, after = [zero], [zero]
         for i in range(num_chunks - 1):
             before.append(chunk_decay * before[-1] + to_later[:, :, i])
@@ -201,8 +200,7 @@ def _chunkwise_bidirectional(
         queries = torch.cat([q.to(state_dtype) * _decay_pow(log_decay, pos + 1)[:, None, :, None],
                              q.to(state_dtype) * _decay_pow(log_decay, c - pos)[:, None, :, None]], dim=-1)
         cross = queries @ states
-    out = (inner + cross).to(torch.promote_types(q.dtype, v.dtype))
-    return out.reshape(b, h, num_chunks * c, dv)[:, :, :n]
+    return _merge_chunks(inner + cross, q, v, n)
 
 
 def _bidirectional(causal_fn, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_decay: torch.Tensor):

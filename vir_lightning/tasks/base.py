@@ -5,6 +5,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import lightning as L
 import torch
 
+from ..distributed import destroy_process_group_at_exit
 from ..errors import UserError
 from ..models.retention import RetentionMode
 from .backbone import patch_size
@@ -58,6 +59,7 @@ class VisionTask(L.LightningModule):
         self.num_classes = num_classes
 
     def setup(self, stage: str) -> None:
+        destroy_process_group_at_exit()  # Lightning does it for NCCL only; gloo runs could abort at exit
         datamodule = getattr(self.trainer, 'datamodule', None)
         data_classes = getattr(datamodule, 'num_classes', None)
         if data_classes is not None and data_classes != self.num_classes:
