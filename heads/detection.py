@@ -17,6 +17,7 @@ import torch.nn as nn
 from timm.layers import LayerNorm2d
 from torchvision.models.detection import FCOS, FasterRCNN, RetinaNet
 from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
@@ -129,7 +130,8 @@ DETECTIONS_PER_IMAGE = {'faster_rcnn': 'box_detections_per_img', 'retinanet': 'd
 
 def create_detector(
         name: DetectorName, backbone: nn.Module, num_classes: int, pyramid_channels: int = 256,
-        anchor_sizes: Optional[Sequence[int]] = None, detections_per_image: int = 100, **kwargs) -> nn.Module:
+        anchor_sizes: Optional[Sequence[int]] = None, detections_per_image: int = 100,
+        box_head_size: int = 1024, **kwargs) -> nn.Module:
     """A torchvision detector on a simple feature pyramid over ``backbone`` (a timm features_only model).
 
     Args:
@@ -138,6 +140,9 @@ def create_detector(
         anchor_sizes: one base size per pyramid level, fine to coarse (default: torchvision's, 32..512,
             8..128 for FCOS); aspect ratios 0.5, 1, 2 (RetinaNet: also 3 octave scales per level).
         detections_per_image: most detections kept per image (torchvision's default 100).
+        box_head_size: width of Faster R-CNN's two-layer box head (torchvision's TwoMLPHead; 1024 in
+            torchvision and ViTDet). On a small pyramid the head's two 1024-wide layers cost more than
+            the backbone: the CPU demo uses 256.
         **kwargs: the torchvision detector's own options (box_score_thresh, nms_thresh, ...).
     """
     check_choice('detector', name, get_args(DetectorName))
@@ -152,6 +157,12 @@ def create_detector(
     detector.transform = PreparedImagesTransform(size_divisible=pyramid.max_stride)
     if name == 'faster_rcnn':
         _fix_roi_pool_scales(detector.roi_heads.box_roi_pool, pyramid.strides[:-1])
+        if box_head_size != detector.roi_heads.box_head.fc7.out_features:
+            resolution = detector.roi_heads.box_roi_pool.output_size[0]
+            detector.roi_heads.box_head = TwoMLPHead(pyramid_channels * resolution ** 2, box_head_size)
+            detector.roi_heads.box_predictor = FastRCNNPredictor(box_head_size, num_classes + 1)
+    elif box_head_size != 1024:
+        raise ValueError(f"box_head_size is Faster R-CNN's; {name} has no box head to resize")
     for head in ('rpn', 'roi_heads') if name == 'faster_rcnn' else ('head',):
         setattr(detector, head, FullPrecision(getattr(detector, head)))
     return detector

@@ -135,3 +135,15 @@ def test_warmup_epochs_count_the_trainers_batches_when_max_steps_ends_the_run(im
     assert task.steps_per_epoch() == 3
     assert lrs[0] < lrs[1] < lrs[2] < lrs[3] == pytest.approx(1e-2, rel=1e-6)  # warm-up lasts one epoch
     assert lrs[4] < lrs[3]
+
+
+def test_heads_linear_is_the_backbones_timm_classifier_and_mlp_adds_a_tanh_layer():
+    linear = make_task()
+    assert isinstance(linear.backbone.head, torch.nn.Linear) and linear.backbone.head.out_features == 3
+    mlp = make_task(head='mlp', head_kwargs={'hidden_features': 16, 'dropout': 0.1})
+    assert isinstance(mlp.head.act, torch.nn.Tanh) and mlp.head.fc1.out_features == 16
+    assert mlp(torch.randn(2, 3, 32, 32)).shape == (2, 3) == linear(torch.randn(2, 3, 32, 32)).shape
+    with pytest.raises(UserError, match='drop_rate'):
+        make_task(head_kwargs={'dropout': 0.1})
+    with pytest.raises(UserError, match='hidden_features and dropout'):
+        make_task(head='mlp', head_kwargs={'width': 4})

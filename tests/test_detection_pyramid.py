@@ -56,3 +56,18 @@ def test_faster_rcnn_results_do_not_depend_on_the_first_batch():
         first = other_order([tall])[0]['scores']
     assert detector.roi_heads.box_roi_pool.scales == [1 / 4, 1 / 8, 1 / 16, 1 / 32]
     assert torch.equal(first, after_short)
+
+
+def test_faster_rcnn_box_head_width_is_an_option_and_only_faster_rcnns():
+    from vir_lightning.heads import create_detector
+    backbone = timm.create_model('vir_tiny_patch16_224', features_only=True, out_indices=(-1,), **TINY)
+    detector = create_detector('faster_rcnn', backbone, num_classes=2, pyramid_channels=16, box_head_size=64)
+    assert detector.roi_heads.box_head.fc6.in_features == 16 * 7 * 7
+    assert detector.roi_heads.box_head.fc7.out_features == 64
+    assert detector.roi_heads.box_predictor.cls_score.out_features == 3  # 2 classes + background
+    detector.train()
+    losses = detector([torch.rand(3, 96, 96)], [{'boxes': torch.tensor([[10., 10., 50., 60.]]),
+                                                 'labels': torch.tensor([1])}])
+    assert all(torch.isfinite(v) for v in losses.values())
+    with pytest.raises(ValueError, match='box_head_size'):
+        create_detector('retinanet', backbone, num_classes=2, pyramid_channels=16, box_head_size=64)

@@ -23,10 +23,12 @@ def check_choice(option: str, value, choices) -> None:
 
 
 def find_user_error(error: BaseException):
-    """The UserError behind ``error``, also when a library wrapped it (jsonargparse, DataLoader workers)."""
+    """The UserError behind ``error``, also when a library wrapped it (jsonargparse, DataLoader workers),
+    or Lightning's own word for a configuration mistake (MisconfigurationException)."""
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
     seen = set()
     while error is not None and id(error) not in seen:
-        if isinstance(error, UserError):
+        if isinstance(error, (UserError, MisconfigurationException)):
             return error
         seen.add(id(error))
         error = error.__cause__ or error.__context__

@@ -29,6 +29,7 @@ class DetectionTask(VisionTask):
         anchor_sizes: one base anchor size per level (5, fine to coarse); None: torchvision's.
         detections_per_image: most detections per image, kept by the detector and counted by mAP
             (COCO: 100; raise it for scenes with more objects).
+        box_head_size: width of Faster R-CNN's box head (torchvision's and ViTDet's 1024).
         num_classes, class_names, category_ids: linked from the DataModule by the CLI (labels
             1..num_classes; category_ids[label - 1] is the dataset's id of a label, for written
             predictions; default 1..num_classes).
@@ -44,6 +45,7 @@ class DetectionTask(VisionTask):
             pyramid_channels: int = 256,
             anchor_sizes: Optional[Sequence[int]] = None,
             detections_per_image: int = 100,
+            box_head_size: int = 1024,
             num_classes: int = 80,
             class_names: Optional[List[str]] = None,
             category_ids: Optional[List[int]] = None,
@@ -59,7 +61,7 @@ class DetectionTask(VisionTask):
         body = create_backbone(backbone, backbone_kwargs, features_only=True, out_indices=(-1,))
         try:
             self.detector = create_detector(detector, body, num_classes, pyramid_channels, anchor_sizes,
-                                            detections_per_image, **(detector_kwargs or {}))
+                                            detections_per_image, box_head_size, **(detector_kwargs or {}))
         except (ValueError, TypeError) as error:
             raise UserError(f"--model.detector_kwargs / --model.anchor_sizes: {error}") from error
         self.val_evaluator = DetectionEvaluator(map_backend, detections_per_image)
