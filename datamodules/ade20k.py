@@ -284,7 +284,8 @@ class ADE20KDataModule(VisionDataModule):
         if orphans:
             raise UserError(
                 f"{len(orphans)} annotation(s) in '{label_dir}' have no image in '{image_dir}' "
-                f"(expected the same name with an image suffix such as .jpg): {listing(repr(str(p)) for p in orphans)}. "
+                f"(expected the same name with an image suffix such as .jpg): "
+                f"{listing(repr(str(p)) for p in orphans)}. "
                 f"Add the missing images or remove those annotations.")
 
     # ---- datasets ----------------------------------------------------------------------------

@@ -24,7 +24,8 @@ class DetectionTask(VisionTask):
         backbone, backbone_kwargs: timm model name and ``create_model`` arguments; created with
             ``features_only=True`` and the last block as ``out_indices`` (a timm ViT needs
             ``dynamic_img_size: true`` for images of varying size).
-        detector: the torchvision detector; detector_kwargs go to its torchvision constructor (box_score_thresh, rpn_post_nms_top_n_test, score_thresh, ...).
+        detector: the torchvision detector; detector_kwargs go to its torchvision constructor
+            (box_score_thresh, rpn_post_nms_top_n_test, score_thresh, ...).
         pyramid_channels: channels of every pyramid level (256 in ViTDet).
         anchor_sizes: one base anchor size per level (5, fine to coarse); None: torchvision's.
         detections_per_image: most detections per image, kept by the detector and counted by mAP

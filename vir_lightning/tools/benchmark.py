@@ -386,7 +386,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument('--dtype', default='auto', choices=['auto', 'float32', 'bfloat16', 'float16'],
                    help='autocast dtype; auto: bfloat16 on GPU, float32 on CPU')
     p.add_argument('--sdpa', default='FLASH_ATTENTION', choices=['auto', *SDPA_ORDER],
-                   help="ViT attention backend to pin (the next ones are tried if it cannot run); 'auto': PyTorch's choice")
+                   help="ViT attention backend to pin (the next ones are tried if it cannot run); "
+                        "'auto': PyTorch's choice")
     p.add_argument('--train', action=argparse.BooleanOptionalAction, default=True,
                    help='also time training steps (forward, backward, AdamW)')
     p.add_argument('--grad-checkpointing', action='store_true', help='recompute block activations in backward')

@@ -56,7 +56,8 @@ def command(task: str, family: str, size: int, output: Path) -> List[str]:
         f'--trainer.max_steps={steps}', '--trainer.max_epochs=-1', '--trainer.check_val_every_n_epoch=null',
         f'--trainer.val_check_interval={steps}', '--trainer.num_sanity_val_steps=0',
         '--trainer.callbacks=[]', '--trainer.enable_checkpointing=false',  # no image logging or checkpoints
-        f'--trainer.logger.init_args.save_dir={output / "runs"}', f'--trainer.logger.init_args.name={task}_{size}_{family}',
+        f'--trainer.logger.init_args.save_dir={output / "runs"}',
+        f'--trainer.logger.init_args.name={task}_{size}_{family}',
     ]
     if task == 'det':
         args.append('--data.keep_resolution=false')  # resize every image to a longest side of `size`
