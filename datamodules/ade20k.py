@@ -312,10 +312,11 @@ class ADE20KDataModule(VisionDataModule):
         if stage == 'test':
             self.test_set = self._pairs_dataset(self.test_split, train=False)
         if stage == 'predict':
-            if self.predict_dir is None:
+            if self.predict_dir is not None:
+                where, option = self.predict_dir, '--data.predict_dir'
+            else:
                 self.check_layout([self.val_split])
-            where, option = (self.predict_dir, '--data.predict_dir') if self.predict_dir else \
-                (self.image_dir(self.val_split), 'the validation split')
+                where, option = self.image_dir(self.val_split), 'the validation split'
             self.predict_set = ImageFiles(predict_paths(where, option), AlbumentationsTransform(self.eval_transform()))
 
     @property

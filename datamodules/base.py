@@ -10,7 +10,6 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from vir_lightning.errors import UserError
 
 
-
 class VisionDataModule(L.LightningDataModule):
     """Base DataModule.
 

@@ -9,7 +9,7 @@ What the kernels do differently from the PyTorch forms (fla-core 0.6.0, the test
 they take [B, T, H, d] inputs and have their own backward pass; they use their own chunk of 64
 tokens and ignore the model's ``chunk_size``; with bf16 inputs the per-chunk states are stored
 in bf16 in the forward pass (accumulation is float32; the PyTorch forms keep states in float32);
-float32 inputs run their matmuls in TF32 on Ampere and later GPUs. They run on CUDA only.
+float32 inputs run their matmuls in TF32 on Hopper (errors about 1e-3). They run on CUDA only.
 """
 import functools
 import importlib.util

@@ -132,4 +132,3 @@ def _resize(logits: torch.Tensor, size) -> torch.Tensor:
     size = tuple(size)
     return logits if logits.shape[-2:] == size else \
         F.interpolate(logits, size=size, mode='bilinear', align_corners=False)
-
