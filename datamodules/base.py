@@ -1,6 +1,9 @@
-"""What every DataModule shares: the global batch split across devices, and the loaders."""
+"""What every DataModule shares: the global batch split across devices, and loaders that resume exactly."""
+import os
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Dict, Optional, Sequence
+
+import warnings
 
 import lightning as L
 import torch
@@ -8,6 +11,10 @@ from torch.utils.data import DataLoader, Dataset
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from vir_lightning.errors import UserError
+from .sampling import EpochSampler, SeededSamples
+
+# The loaders resume mid-epoch through the DataModule's state_dict (below), which Lightning does not see.
+warnings.filterwarnings('ignore', message="You're resuming from a checkpoint that ended before the epoch ended")
 
 
 class VisionDataModule(L.LightningDataModule):
@@ -33,6 +40,8 @@ class VisionDataModule(L.LightningDataModule):
         super().__init__()
         if batch_size < 1:
             raise UserError(f"--data.batch_size must be at least 1, got {batch_size}")
+        if num_workers < 0:
+            raise UserError(f"--data.num_workers must be 0 (load in the main process) or more, got {num_workers}")
         if image_size < 1:
             raise UserError(f"--data.image_size must be at least 1, got {image_size}")
         self.root = Path(root).expanduser()
@@ -41,6 +50,7 @@ class VisionDataModule(L.LightningDataModule):
         self.image_size = image_size
         self.mean = tuple(mean)
         self.std = tuple(std)
+        self._resume: Dict[str, Any] = {}
 
     @property
     def num_classes(self) -> int:
@@ -87,13 +97,37 @@ class VisionDataModule(L.LightningDataModule):
 
     def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
         batch_size = self.device_batch_size if train else self.eval_batch_size
+        seed = int(os.environ.get('PL_GLOBAL_SEED', 0))  # set by seed_everything
+        sampler = None
+        if train:
+            trainer = self.trainer
+            sampler = EpochSampler(dataset, trainer.world_size if trainer else 1, trainer.global_rank if trainer else 0,
+                                   seed, drop_last=False)
+            if self._resume:  # the epoch a checkpoint stopped in, less the batches it had trained on
+                sampler.set_epoch(self._resume['epoch'] + self._resume['epoch_done'])
+                sampler.skip = 0 if self._resume['epoch_done'] else self._resume['batches_done'] * batch_size
+                self._resume = {}
+            dataset = SeededSamples(dataset)
         return DataLoader(
             dataset,
             batch_size=batch_size,
-            shuffle=train,
+            sampler=sampler,
             drop_last=train and len(dataset) >= batch_size,
             num_workers=self.num_workers,
             pin_memory=torch.cuda.is_available(),
             persistent_workers=self.num_workers > 0,
             collate_fn=self.collate_fn(),
+            generator=torch.Generator().manual_seed(seed),  # worker seeds drawn here, not from the model's stream
         )
+
+    def state_dict(self) -> Dict[str, Any]:
+        """Where training stands in its epoch, saved in every checkpoint for an exact resume."""
+        trainer = self.trainer
+        if trainer is None or not trainer.training:
+            return {}
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return {'epoch': trainer.current_epoch, 'batches_done': done,
+                'epoch_done': done >= trainer.num_training_batches}
+
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        self._resume = dict(state_dict)

@@ -5,7 +5,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
-from torch.utils.data import Dataset, get_worker_info
+from torch.utils.data import Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from vir_lightning.errors import DataNotFoundError, UserError
@@ -23,24 +23,19 @@ def load_rgb(path) -> np.ndarray:
 
 
 class SeededTransform:
-    """Gives each process / DataLoader worker its own albumentations random stream.
+    """Seeds the albumentations pipeline from torch's random stream at every call.
 
-    albumentations 2.0 keeps its own generator inside Compose, which forked workers would all
-    copy, repeating the same augmentations; reseeding from torch's per-worker seed (which
-    ``seed_everything`` controls) makes the streams distinct and reproducible.
+    albumentations 2.0 keeps its own generator inside Compose, which forked workers would all copy,
+    repeating the same augmentations. Drawing its seed from torch makes each sample's augmentation
+    follow the stream that ``SeededSamples`` seeds per training sample (exact resume), and each
+    worker's stream elsewhere (which ``seed_everything`` controls).
     """
 
     def __init__(self, transform):
         self.transform = transform
-        self._seeded_for = None
 
     def __call__(self, **data):
-        info = get_worker_info()
-        worker = info.id if info is not None else -1
-        if self._seeded_for != worker:
-            seed = info.seed if info is not None else int(torch.randint(0, 2 ** 31 - 1, ()).item())
-            self.transform.set_random_seed(seed % 2 ** 32)
-            self._seeded_for = worker
+        self.transform.set_random_seed(int(torch.randint(0, 2 ** 32 - 1, ()).item()))
         return self.transform(**data)
 
 

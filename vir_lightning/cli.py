@@ -4,12 +4,15 @@ one-line errors for user mistakes. ``python -m vir_lightning benchmark --help``:
 memory of ViR against ViT by resolution; ``python -m vir_lightning study --help``: ViR against ViT
 on the demo tasks."""
 import importlib.util
+import re
 import sys
 from pathlib import Path
 from typing import List, Optional
 
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+from lightning.pytorch.utilities import rank_zero_info
 
+from .checkpoints import check_fits, read_checkpoint
 from .errors import UserError, find_user_error, user_message
 
 CONFIG_FLAGS = ('--config', '-c')
@@ -48,12 +51,96 @@ DATA_LINKS = ('num_classes', 'class_names', 'palette', 'ignore_index', 'category
 
 
 class VirLightningCLI(LightningCLI):
-    """Links data-derived values (``DATA_LINKS``) into the task; TensorBoard and Rich by default."""
+    """Links data-derived values (``DATA_LINKS``) into the task; TensorBoard and Rich by default;
+    ``--ckpt_path last`` resumes the run's latest ``last.ckpt`` in its own logger folder; a checkpoint
+    is checked (readable, this task, these weights) before any work, and read with ``weights_only``."""
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.set_defaults({f'trainer.{key}': value for key, value in TRAINER_DEFAULTS.items()})
         for name in DATA_LINKS:
             parser.link_arguments(f'data.{name}', f'model.init_args.{name}', apply_on='instantiate')
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand]
+        if config.get('ckpt_path') != 'last':
+            return
+        found = latest_last_checkpoint(config.trainer)
+        if found is None:
+            if self.subcommand != 'fit':
+                raise UserError(f"--ckpt_path last: no last.ckpt under {describe_run(config.trainer)}; "
+                                f"pass the path of a checkpoint")
+            rank_zero_info(f"--ckpt_path last: no earlier run under {describe_run(config.trainer)}, "
+                           f"training from scratch")
+            config.ckpt_path = None
+            return
+        config.ckpt_path = str(found)
+        logger = config.trainer.get('logger')
+        if self.subcommand == 'fit' and _logger_args(logger) is not None and found.parent.name == 'checkpoints':
+            version = found.parent.parent.name  # log on in the same folder: one continuous TensorBoard curve
+            match = re.fullmatch(r'version_(\d+)', version)
+            logger.init_args.version = int(match.group(1)) if match else version
+        rank_zero_info(f"--ckpt_path last: resuming {found}")
+
+    def _check_checkpoint(self) -> None:
+        config = self.config_init[self.subcommand]
+        if config.get('ckpt_path'):
+            check_fits(read_checkpoint(config.ckpt_path), self.model, config.ckpt_path)
+            if config.get('weights_only') is None:
+                config.weights_only = True  # a checkpoint never runs code while it is read
+
+    before_fit = before_validate = before_test = before_predict = _check_checkpoint
+
+
+def _logger_args(logger):
+    """A file logger's init_args (save_dir, name) from the trainer config, or None."""
+    init_args = getattr(logger, 'init_args', None)
+    return init_args if init_args is not None and init_args.get('save_dir') is not None else None
+
+
+def _run_folders(trainer_config) -> List[Path]:
+    """Where a run's checkpoints can be: the logger's ``save_dir/name/*/checkpoints``, the callbacks'
+    ``dirpath``, or ``default_root_dir/checkpoints`` when there is no logger."""
+    folders = []
+    args = _logger_args(trainer_config.get('logger'))
+    if args is not None:
+        folders += (Path(args.save_dir) / (args.get('name') or '')).glob('*/checkpoints')
+    elif not trainer_config.get('logger'):
+        folders.append(Path(trainer_config.get('default_root_dir') or '.') / 'checkpoints')
+    for callback in trainer_config.get('callbacks') or []:
+        dirpath = getattr(getattr(callback, 'init_args', None), 'dirpath', None)
+        if dirpath:
+            folders.append(Path(dirpath))
+    return folders
+
+
+def latest_last_checkpoint(trainer_config) -> Optional[Path]:
+    """The newest ``last.ckpt`` of the run that this trainer config writes (same root and name)."""
+    found = [folder / 'last.ckpt' for folder in _run_folders(trainer_config) if (folder / 'last.ckpt').is_file()]
+    return max(found, key=lambda p: p.stat().st_mtime) if found else None
+
+
+def describe_run(trainer_config) -> str:
+    args = _logger_args(trainer_config.get('logger'))
+    if args is not None:
+        return f"'{Path(args.save_dir) / (args.get('name') or '')}'"
+    return f"'{Path(trainer_config.get('default_root_dir') or '.') / 'checkpoints'}'"
+
+
+class SaveConfigBeside(SaveConfigCallback):
+    """Saves the run's ``config.yaml``; a run resumed in the same folder, or a second validate there,
+    writes ``config-1.yaml``, ... beside it instead of stopping (Lightning's default) or overwriting."""
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if not self.already_saved and trainer.log_dir is not None:
+            name = None
+            if trainer.is_global_zero:
+                folder, original = Path(trainer.log_dir), Path(self.config_filename)
+                name, n = self.config_filename, 0
+                while (folder / name).exists():
+                    n += 1
+                    name = f'{original.stem}-{n}{original.suffix}'
+            self.config_filename = trainer.strategy.broadcast(name)
+        super().setup(trainer, pl_module, stage)
 
 
 TRAINER_DEFAULTS = {
@@ -79,6 +166,7 @@ def cli_main(args: Optional[List[str]] = None) -> VirLightningCLI:
         subclass_mode_data=True,
         args=args,
         parser_kwargs={'description': __doc__},
+        save_config_callback=SaveConfigBeside,
     )
 
 
@@ -92,6 +180,9 @@ def main(argv: Optional[List[str]] = None) -> None:
         elif args[:1] == ['study']:
             from .tools.study import main as study_main
             study_main(args[1:])
+        elif args[:1] == ['export']:
+            from .tools.export import main as export_main
+            export_main(args[1:])
         elif argv is None:
             sys.argv[1:] = resolve_config_args(sys.argv[1:])
             cli_main()

@@ -1,15 +1,26 @@
 """What every task shares: the optimiser and schedule, the inference retention form, data checks."""
 import math
-from typing import Any, Dict, List, Optional, Sequence
+from pathlib import Path
+from typing import Any, Dict, List, Literal, Optional, Sequence
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 
+from .. import rng_state
+from ..checkpoints import TASK_KEY
 from ..distributed import destroy_process_group_at_exit
 from ..errors import UserError
 from ..models.retention import RetentionMode
 from .backbone import patch_size
 from .optim import Schedule, build_optimizer, build_scheduler, param_groups
+
+
+NonFinite = Literal['stop', 'skip']
+
+
+class NonFiniteError(UserError):
+    """Training diverged: a loss or gradient is NaN or infinite."""
 
 
 class VisionTask(L.LightningModule):
@@ -34,6 +45,9 @@ class VisionTask(L.LightningModule):
         compile: compile the backbone in place in setup() (state_dict keys unchanged).
         inference_retention_mode: retention form of a ViR backbone outside training, e.g.
             'chunkwise' for large images (None keeps the training form).
+        on_non_finite: when the gradients of a step are NaN or infinite: 'stop' training with a message
+            naming the step and the last good checkpoint, or 'skip' the step (weights unchanged, counted
+            in ``train/skipped_steps``). Under '16-mixed' the GradScaler skips such steps itself.
     """
 
     def __init__(
@@ -51,12 +65,19 @@ class VisionTask(L.LightningModule):
             optimizer: str = 'adamw',
             compile: bool = False,
             inference_retention_mode: Optional[RetentionMode] = None,
+            on_non_finite: NonFinite = 'stop',
     ):
         super().__init__()
         self.save_hyperparameters()
         if num_classes < 1:
             raise UserError(f"num_classes must be at least 1, got {num_classes}")
+        for option, value in (('lr', lr), ('min_lr', min_lr), ('weight_decay', weight_decay)):
+            if not math.isfinite(value) or value < 0:
+                raise UserError(f"--model.{option} must be a finite number of at least 0, got {value}")
+        if lr == 0:
+            raise UserError("--model.lr is 0: nothing would be trained; use e.g. 1e-3")
         self.num_classes = num_classes
+        self.skipped_steps = 0
 
     def setup(self, stage: str) -> None:
         destroy_process_group_at_exit()  # Lightning does it for NCCL only; gloo runs could abort at exit
@@ -134,3 +155,42 @@ class VisionTask(L.LightningModule):
 
     def lr_scheduler_step(self, scheduler, metric) -> None:
         scheduler.step_update(num_updates=self.global_step)
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        """Stops or skips a step whose gradients are not finite (after DDP's all-reduce: every rank agrees)."""
+        if self.trainer.precision == '16-mixed':
+            return
+        grads = [p.grad for group in optimizer.param_groups for p in group['params'] if p.grad is not None]
+        norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
+        if torch.isfinite(norm):
+            return
+        where = f"step {self.global_step} (epoch {self.current_epoch})"
+        if self.hparams.get('on_non_finite', 'stop') == 'stop':
+            raise NonFiniteError(
+                f"training stopped at {where}: the gradients are not finite (norm {norm.item()}), the weights "
+                f"were not updated. Last good checkpoint: {self._last_checkpoint() or 'none saved yet'}. "
+                f"Lower --model.lr (now {self.hparams.lr:g}), or pass --model.on_non_finite skip to skip such steps")
+        optimizer.zero_grad(set_to_none=True)  # the optimizer skips parameters without gradients
+        self.skipped_steps += 1
+        self.log('train/skipped_steps', float(self.skipped_steps), rank_zero_only=True)
+
+    def _last_checkpoint(self) -> Optional[str]:
+        paths = [Path(p) for cb in self.trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint)
+                 for p in (cb.last_model_path, cb.best_model_path) if p and Path(p).is_file()]
+        return str(max(paths, key=lambda p: p.stat().st_mtime)) if paths else None
+
+    def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
+        """Refuses to save NaN or infinite weights; records the task (for load_task and clear mismatch
+        messages), the skipped-step count and the random streams (exact resume)."""
+        bad = [k for k, v in checkpoint['state_dict'].items() if v.is_floating_point() and not v.isfinite().all()]
+        if bad:
+            raise NonFiniteError(f"not saving a checkpoint at step {self.global_step}: {len(bad)} weight tensors are "
+                                 f"NaN or infinite (e.g. {bad[0]}); training diverged, lower --model.lr")
+        checkpoint[TASK_KEY] = f'{type(self).__module__}.{type(self).__qualname__}'
+        checkpoint['skipped_steps'] = self.skipped_steps
+        checkpoint['rng_states'] = rng_state.capture()
+
+    def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
+        self.skipped_steps = checkpoint.get('skipped_steps', 0)
+        if 'rng_states' in checkpoint:
+            rng_state.restore(checkpoint['rng_states'])

@@ -1,0 +1,78 @@
+"""Reading checkpoints: ``weights_only`` loading and one message that names a file which is missing, empty,
+truncated, not a checkpoint, of another task, or of another model, before any work is done."""
+import importlib
+import zipfile
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import torch
+
+from .errors import UserError, listing
+
+TASK_KEY = 'vir_lightning_task'  # written by VisionTask.on_save_checkpoint: the task's import path
+
+
+def read_checkpoint(path, option: str = '--ckpt_path') -> Dict[str, Any]:
+    """The checkpoint's dict, tensors memory-mapped (cheap to open, even for a large file).
+
+    ``weights_only=True``: a checkpoint is never allowed to run code while it is read.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        hint = 'it is a folder: pass one of its .ckpt files' if path.is_dir() else 'no such file'
+        raise UserError(f"{option} '{path}': {hint}")
+    if path.stat().st_size == 0:
+        raise UserError(f"{option} '{path}' is empty (0 bytes): the run that wrote it was stopped while "
+                        f"saving; use another checkpoint of the run, e.g. its last.ckpt or best-*.ckpt")
+    if not zipfile.is_zipfile(path):
+        raise UserError(f"{option} '{path}' is not a PyTorch checkpoint (not a zip archive: truncated, "
+                        f"corrupt or another kind of file); use a .ckpt written by vir_lightning fit")
+    try:
+        checkpoint = torch.load(path, map_location='cpu', weights_only=True, mmap=True)
+    except Exception as error:  # torch raises RuntimeError, UnpicklingError, EOFError, ... for broken files
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UserError(f"{option} '{path}' cannot be read as a checkpoint ({reason[:200]}); it is truncated "
+                        f"or corrupt: use another checkpoint of the run") from None
+    if not isinstance(checkpoint, dict) or 'state_dict' not in checkpoint:
+        raise UserError(f"{option} '{path}' holds no Lightning 'state_dict': it is a plain weights file, "
+                        f"not a checkpoint of vir_lightning fit (timm weights go in --model.backbone_kwargs)")
+    return checkpoint
+
+
+def task_path(checkpoint: Dict[str, Any]) -> Optional[str]:
+    """The import path of the task that wrote ``checkpoint`` (None when it does not say)."""
+    return checkpoint.get(TASK_KEY) or checkpoint.get('hyper_parameters', {}).get('_class_path')
+
+
+def check_fits(checkpoint: Dict[str, Any], model: torch.nn.Module, path, option: str = '--ckpt_path') -> None:
+    """A UserError unless ``checkpoint`` was written by ``model``'s task and its weights fit ``model``."""
+    written_by = task_path(checkpoint)
+    expected = type(model).__name__
+    if written_by is not None and written_by.rsplit('.', 1)[-1] != expected:
+        raise UserError(f"{option} '{path}' is a {written_by.rsplit('.', 1)[-1]} checkpoint but the config "
+                        f"builds a {expected}: use the config it was trained with, or a {expected} checkpoint")
+    saved, own = checkpoint['state_dict'], model.state_dict()
+    missing = [k for k in own if k not in saved]
+    unexpected = [k for k in saved if k not in own]
+    wrong = [f'{k} {tuple(saved[k].shape)} vs {tuple(own[k].shape)}'
+             for k in own if k in saved and tuple(saved[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or wrong:
+        parts = [f'{label}: {listing(items, 3)}' for label, items in
+                 (('missing', missing), ('unexpected', unexpected), ('other shapes', wrong)) if items]
+        raise UserError(f"{option} '{path}' does not fit the model the config builds ({'; '.join(parts)}): "
+                        f"pass the --model options it was trained with (its run folder has config.yaml)")
+
+
+def load_task(path, option: str = '--ckpt_path') -> torch.nn.Module:
+    """The task that wrote ``path``, built from its saved hyperparameters, weights loaded, in eval mode."""
+    checkpoint = read_checkpoint(path, option)
+    written_by = task_path(checkpoint)
+    if written_by is None:
+        raise UserError(f"{option} '{path}' does not say which task wrote it: it was not written by vir_lightning")
+    module, name = written_by.rsplit('.', 1)
+    task_class = getattr(importlib.import_module(module), name)
+    hparams = {k: v for k, v in checkpoint.get('hyper_parameters', {}).items() if not k.startswith('_')}
+    task = task_class(**hparams)
+    check_fits(checkpoint, task, path, option)
+    task.load_state_dict(checkpoint['state_dict'])
+    return task.eval()
