@@ -144,7 +144,10 @@ class ADE20KDataModule(VisionDataModule):
         hflip: horizontal flip probability. photometric: mmseg's PhotoMetricDistortion.
         class_names, palette: override the class metadata (default: the class attributes
             CLASS_NAMES / PALETTE, which for ADE20K come from mmseg).
+        verify_images: decode every image up front and report all unreadable files at once.
     """
+
+    task = 'segmentation'
 
     CLASS_NAMES: Optional[Sequence[str]] = None  # None: ADE20K's 150, from mmseg
     PALETTE: Optional[Sequence[Tuple[int, int, int]]] = None
@@ -171,8 +174,9 @@ class ADE20KDataModule(VisionDataModule):
             palette: Optional[List[Tuple[int, int, int]]] = None,
             mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
             std: Sequence[float] = IMAGENET_DEFAULT_STD,
+            verify_images: bool = False,
     ):
-        super().__init__(root, batch_size, num_workers, image_size, mean, std)
+        super().__init__(root, batch_size, num_workers, image_size, mean, std, verify_images)
         self.save_hyperparameters(ignore=['class_names', 'palette'])  # the task logs these
         self.reduce_zero_label = reduce_zero_label
         self.train_split, self.val_split = train_split, val_split

@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader, Dataset
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from vir_lightning.errors import UserError
+from .images import unreadable_images
 from .sampling import EpochSampler, SeededSamples
 
 # The loaders resume mid-epoch through the DataModule's state_dict (below), which Lightning does not see.
@@ -26,7 +27,11 @@ class VisionDataModule(L.LightningDataModule):
         num_workers: DataLoader worker processes per device.
         image_size: training/evaluation image side in pixels.
         mean, std: normalisation, in [0, 1] pixel units.
+        verify_images: decode every image of a split before its first batch and report all files that
+            fail at once (instead of stopping at the first, hours in); takes a while on large datasets.
     """
+
+    task: str  # 'classification', 'segmentation' or 'detection': the tasks this data is for
 
     def __init__(
             self,
@@ -36,6 +41,7 @@ class VisionDataModule(L.LightningDataModule):
             image_size: int = 224,
             mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
             std: Sequence[float] = IMAGENET_DEFAULT_STD,
+            verify_images: bool = False,
     ):
         super().__init__()
         if batch_size < 1:
@@ -50,6 +56,8 @@ class VisionDataModule(L.LightningDataModule):
         self.image_size = image_size
         self.mean = tuple(mean)
         self.std = tuple(std)
+        self.verify_images = verify_images
+        self._verified = set()
         self._resume: Dict[str, Any] = {}
 
     @property
@@ -95,7 +103,18 @@ class VisionDataModule(L.LightningDataModule):
         """How samples become a batch (None: PyTorch's default stacking)."""
         return None
 
+    def _verify(self, dataset: Dataset) -> None:
+        names = getattr(dataset, 'sample_names', None)
+        if not self.verify_images or id(dataset) in self._verified or not names or not Path(names[0]).is_file():
+            return
+        bad = unreadable_images(names)
+        if bad:
+            raise UserError(f"--data.verify_images: {len(bad)} of {len(names)} images cannot be read; replace or "
+                            f"delete them:\n  " + '\n  '.join(bad))
+        self._verified.add(id(dataset))
+
     def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
+        self._verify(dataset)
         batch_size = self.device_batch_size if train else self.eval_batch_size
         seed = int(os.environ.get('PL_GLOBAL_SEED', 0))  # set by seed_everything
         sampler = None

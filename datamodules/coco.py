@@ -208,7 +208,10 @@ class COCODataModule(VisionDataModule):
         large_scale_jitter: rescale training images by a random factor in ``jitter_scale`` and
             crop/pad to an ``image_size`` square (ViTDet's LSJ).
         hflip, vflip: flip probabilities in training.
+        verify_images: decode every image up front and report all unreadable files at once.
     """
+
+    task = 'detection'
 
     DATASET_NAME = 'COCO'
 
@@ -230,8 +233,9 @@ class COCODataModule(VisionDataModule):
             vflip: float = 0.0,
             mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
             std: Sequence[float] = IMAGENET_DEFAULT_STD,
+            verify_images: bool = False,
     ):
-        super().__init__(root, batch_size, num_workers, image_size, mean, std)
+        super().__init__(root, batch_size, num_workers, image_size, mean, std, verify_images)
         self.save_hyperparameters()
         self.splits = {'train': (train_images, train_annotations), 'val': (val_images, val_annotations)}
         self.predict_images = Path(predict_images).expanduser() if predict_images else None

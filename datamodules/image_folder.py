@@ -3,6 +3,7 @@ import os
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
+from lightning.pytorch.utilities import rank_zero_warn
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
@@ -11,6 +12,11 @@ from vir_lightning.errors import DataNotFoundError, UserError, listing
 from .base import VisionDataModule
 from .images import AlbumentationsTransform, ImageFiles, load_rgb, predict_paths
 from .transforms import classification_eval_transform, classification_train_transform, build_rand_augment
+
+
+def has_image(folder: Path) -> bool:
+    """Whether ``folder`` holds at least one image file (stops at the first)."""
+    return any(p.suffix.lower() in IMG_EXTENSIONS for p in folder.rglob('*'))
 
 
 class ClassFolder(ImageFolder):
@@ -45,7 +51,10 @@ class ImageFolderDataModule(VisionDataModule):
         scale, color_jitter, random_erasing: training augmentation strengths.
         rand_augment: a timm RandAugment policy applied before the albumentations pipeline,
             e.g. 'rand-m9-mstd0.5-inc1' (the DeiT/ViR recipe); None disables it.
+        verify_images: decode every image up front and report all unreadable files at once.
     """
+
+    task = 'classification'
 
     def __init__(
             self,
@@ -65,8 +74,9 @@ class ImageFolderDataModule(VisionDataModule):
             rand_augment: Optional[str] = None,
             mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
             std: Sequence[float] = IMAGENET_DEFAULT_STD,
+            verify_images: bool = False,
     ):
-        super().__init__(root, batch_size, num_workers, image_size, mean, std)
+        super().__init__(root, batch_size, num_workers, image_size, mean, std, verify_images)
         self.save_hyperparameters()
         self.train_dir, self.val_dir = self.root / train_dir, self.root / val_dir
         self.test_dir = self.root / test_dir if test_dir else self.val_dir
@@ -94,6 +104,10 @@ class ImageFolderDataModule(VisionDataModule):
         classes = sorted(entry.name for entry in os.scandir(self.train_dir) if entry.is_dir())
         if not classes:
             raise UserError(f"'{self.train_dir}' has no class folders; expected {self.train_dir}/<class_name>/*.jpg")
+        empty = [name for name in classes if not has_image(self.train_dir / name)]
+        if empty:  # kept, so class indices match the folder names; but the model can never learn them
+            rank_zero_warn(f"'{self.train_dir}' has {len(empty)} class folders without images, kept as classes "
+                           f"that the model cannot learn: {listing(empty)}. Delete them if they are not classes.")
         return classes
 
     @property

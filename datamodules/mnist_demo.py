@@ -59,6 +59,8 @@ class MNISTDemoDataModule(VisionDataModule):
         augment: small random affine jitter on training images.
     """
 
+    task = 'classification'
+
     def __init__(
             self,
             root: Optional[str] = None,

@@ -51,6 +51,10 @@ def check_fits(checkpoint: Dict[str, Any], model: torch.nn.Module, path, option:
     if written_by is not None and written_by.rsplit('.', 1)[-1] != expected:
         raise UserError(f"{option} '{path}' is a {written_by.rsplit('.', 1)[-1]} checkpoint but the config "
                         f"builds a {expected}: use the config it was trained with, or a {expected} checkpoint")
+    saved_classes = checkpoint.get('hyper_parameters', {}).get('num_classes')
+    if saved_classes is not None and saved_classes != getattr(model, 'num_classes', saved_classes):
+        raise UserError(f"{option} '{path}' predicts {saved_classes} classes but the data has {model.num_classes}: "
+                        f"use a checkpoint trained on this data, or data with {saved_classes} classes")
     saved, own = checkpoint['state_dict'], model.state_dict()
     missing = [k for k in own if k not in saved]
     unexpected = [k for k in saved if k not in own]

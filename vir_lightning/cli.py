@@ -9,11 +9,13 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
+import yaml
+from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_info
 
-from .checkpoints import check_fits, read_checkpoint
-from .errors import UserError, find_user_error, user_message
+from .checkpoints import check_fits, read_checkpoint, task_path
+from .errors import UserError, find_user_error, user_message, worker_death
 
 CONFIG_FLAGS = ('--config', '-c')
 
@@ -25,14 +27,24 @@ def config_dir() -> Path:
 
 def resolve_config(name: str) -> str:
     """A path that exists is used as is; otherwise a bare name is looked up in the packaged configs."""
-    if Path(name).exists():
-        return name
-    for candidate in (config_dir() / name, config_dir() / f'{name}.yaml'):
+    for candidate in (Path(name), config_dir() / name, config_dir() / f'{name}.yaml'):
         if candidate.is_file():
+            check_yaml(candidate)
             return str(candidate)
     available = sorted(str(p.relative_to(config_dir())) for p in config_dir().rglob('*.yaml'))
     raise UserError(f"config '{name}' not found in the working directory nor among the packaged configs: "
                     f"{', '.join(available)}")
+
+
+def check_yaml(path: Path) -> None:
+    """jsonargparse reports a YAML syntax error without the file's name; this names the file and line."""
+    try:
+        yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        mark = getattr(error, 'problem_mark', None)
+        where = f' at line {mark.line + 1}, column {mark.column + 1}' if mark else ''
+        problem = getattr(error, 'problem', None) or str(error).splitlines()[0]
+        raise UserError(f"--config '{path}' is not valid YAML ({problem}{where}): fix the file") from None
 
 
 def resolve_config_args(argv: List[str]) -> List[str]:
@@ -60,13 +72,26 @@ class VirLightningCLI(LightningCLI):
         for name in DATA_LINKS:
             parser.link_arguments(f'data.{name}', f'model.init_args.{name}', apply_on='instantiate')
 
-    def before_instantiate_classes(self) -> None:
-        config = self.config[self.subcommand]
-        if config.get('ckpt_path') != 'last':
-            return
+    def _parse_ckpt_path(self) -> None:
+        """Before Lightning reads the checkpoint's hyperparameters into the model config: ``last`` resolved,
+        the file checked, and its task compared with the config's."""
+        subcommand = self.config.get('subcommand')
+        config = self.config[subcommand] if subcommand else {}
+        if config.get('ckpt_path') == 'last':
+            self._resolve_last(subcommand, config)
+        if config.get('ckpt_path'):
+            written_by = task_path(read_checkpoint(config.ckpt_path))
+            configured = getattr(config.get('model'), 'class_path', None)
+            if written_by and configured and written_by.rsplit('.', 1)[-1] != configured.rsplit('.', 1)[-1]:
+                raise UserError(
+                    f"--ckpt_path '{config.ckpt_path}' is a {written_by.rsplit('.', 1)[-1]} checkpoint but the "
+                    f"config builds a {configured.rsplit('.', 1)[-1]}: use the config it was trained with")
+        super()._parse_ckpt_path()
+
+    def _resolve_last(self, subcommand: str, config) -> None:
         found = latest_last_checkpoint(config.trainer)
         if found is None:
-            if self.subcommand != 'fit':
+            if subcommand != 'fit':
                 raise UserError(f"--ckpt_path last: no last.ckpt under {describe_run(config.trainer)}; "
                                 f"pass the path of a checkpoint")
             rank_zero_info(f"--ckpt_path last: no earlier run under {describe_run(config.trainer)}, "
@@ -75,20 +100,29 @@ class VirLightningCLI(LightningCLI):
             return
         config.ckpt_path = str(found)
         logger = config.trainer.get('logger')
-        if self.subcommand == 'fit' and _logger_args(logger) is not None and found.parent.name == 'checkpoints':
+        if subcommand == 'fit' and _logger_args(logger) is not None and found.parent.name == 'checkpoints':
             version = found.parent.parent.name  # log on in the same folder: one continuous TensorBoard curve
             match = re.fullmatch(r'version_(\d+)', version)
             logger.init_args.version = int(match.group(1)) if match else version
         rank_zero_info(f"--ckpt_path last: resuming {found}")
 
-    def _check_checkpoint(self) -> None:
+    def _check_before_run(self) -> None:
+        """Mistakes that would otherwise surface deep inside a run, or after work was done and written."""
+        from .tasks.base import check_data_kind
+        check_data_kind(self.model, self.datamodule)
         config = self.config_init[self.subcommand]
         if config.get('ckpt_path'):
             check_fits(read_checkpoint(config.ckpt_path), self.model, config.ckpt_path)
             if config.get('weights_only') is None:
                 config.weights_only = True  # a checkpoint never runs code while it is read
+        if not self.trainer.loggers:  # e.g. --trainer.logger false: the lr monitor has nowhere to log
+            monitors = [c for c in self.trainer.callbacks if isinstance(c, LearningRateMonitor)]
+            for monitor in monitors:
+                self.trainer.callbacks.remove(monitor)
+            if monitors:
+                rank_zero_info("no logger: LearningRateMonitor dropped")
 
-    before_fit = before_validate = before_test = before_predict = _check_checkpoint
+    before_fit = before_validate = before_test = before_predict = _check_before_run
 
 
 def _logger_args(logger):
@@ -131,10 +165,11 @@ class SaveConfigBeside(SaveConfigCallback):
     writes ``config-1.yaml``, ... beside it instead of stopping (Lightning's default) or overwriting."""
 
     def setup(self, trainer, pl_module, stage: str) -> None:
-        if not self.already_saved and trainer.log_dir is not None:
+        log_dir = trainer.log_dir  # a collective under DDP: every rank calls it, once
+        if not self.already_saved and log_dir is not None:
             name = None
             if trainer.is_global_zero:
-                folder, original = Path(trainer.log_dir), Path(self.config_filename)
+                folder, original = Path(log_dir), Path(self.config_filename)
                 name, n = self.config_filename, 0
                 while (folder / name).exists():
                     n += 1
@@ -190,7 +225,11 @@ def main(argv: Optional[List[str]] = None) -> None:
             cli_main(resolve_config_args(argv))
     except Exception as error:
         user_error = find_user_error(error)
-        if user_error is None:
+        if user_error is not None:
+            print(f'error: {user_message(user_error)}', file=sys.stderr)
+            sys.exit(2)
+        died = worker_death(error)
+        if died is None:
             raise
-        print(f'error: {user_message(user_error)}', file=sys.stderr)
-        sys.exit(2)
+        print(f'error: {died}', file=sys.stderr)
+        sys.exit(1)

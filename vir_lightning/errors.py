@@ -42,3 +42,15 @@ def user_message(error: BaseException) -> str:
     if 'Original Traceback' in text and marker in text:
         text = text.rsplit(marker, 1)[-1]
     return text.strip()
+
+
+def worker_death(error: BaseException):
+    """A message for a DataLoader worker process that died (PyTorch notices and raises; nothing hangs),
+    or None when ``error`` is something else."""
+    while error is not None:
+        text = str(error)
+        if 'DataLoader worker' in text and ('killed by signal' in text or 'exited unexpectedly' in text):
+            return (f"{text.strip().splitlines()[0]} A loader process was killed, most often by the system for "
+                    f"lack of memory: lower --data.num_workers or --data.batch_size, then resume with --ckpt_path last")
+        error = error.__cause__ or error.__context__
+    return None

@@ -57,21 +57,22 @@ class DetectionPredictionWriter(RunFolderPredictionWriter):
         self._results = {}
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx):
-        names = trainer.predict_dataloaders.dataset.sample_names
-        for index, detection in zip(batch_indices, prediction):
-            path = Path(names[index])
+        for index, detection, info in zip(batch_indices, prediction, batch[1]):
+            if not info.get('readable', True):  # ImageFiles warned, naming the file
+                continue
+            path = Path(self.names[index])
             boxes, scores, labels = (detection[k].float().cpu() for k in ('boxes', 'scores', 'labels'))
             self._results[int(detection['image_id'])] = [
                 {'image_id': int(detection['image_id']), 'category_id': pl_module.category_ids[int(label) - 1],
                  'bbox': [round(v, 2) for v in (x1, y1, x2 - x1, y2 - y1)], 'score': round(float(score), 4),
-                 'file_name': path.name}
+                 'file_name': str(self.relative[index])}
                 for (x1, y1, x2, y2), score, label in zip(boxes.tolist(), scores, labels)]
             image = torch.from_numpy(load_rgb(path).copy()).permute(2, 0, 1)
             keep = scores >= self.score_threshold
             drawn = draw_boxes(image, boxes[keep], labels[keep], pl_module.class_names, PREDICTION_COLOR,
                                scores[keep])
             Image.fromarray(np.ascontiguousarray(drawn.permute(1, 2, 0).numpy())).save(
-                self.run_dir / f'{path.stem}_boxes.jpg', quality=90)
+                self.output_path(index, '_boxes.jpg'), quality=90)
 
     def on_predict_end(self, trainer, pl_module) -> None:
         results = gather_on_rank_zero(trainer.strategy, self._results)

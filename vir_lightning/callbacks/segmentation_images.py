@@ -30,22 +30,25 @@ class SegmentationImageLogger(ValidationPanelLogger):
 
 class SegmentationPredictionWriter(RunFolderPredictionWriter):
     """Writes ``<name>_mask.png`` (palette colours) and ``<name>_overlay.jpg`` per image, at the image
-    file's resolution, in a new folder per predict run."""
+    file's resolution, in a new folder per predict run (``<name>``: the input's relative path, see
+    ``output_stems``)."""
 
     def __init__(self, output_dir: str = 'outputs/segmentation'):
         super().__init__(output_dir)
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx):
-        names = trainer.predict_dataloaders.dataset.sample_names
         datamodule = trainer.datamodule
         images = denormalize(batch[0], datamodule.mean, datamodule.std)
-        for index, image, pred in zip(batch_indices, images, prediction['preds'].cpu()):
-            path = Path(names[index])
+        readable = batch[1].get('readable', torch.ones(len(images), dtype=torch.bool))
+        for index, image, pred, ok in zip(batch_indices, images, prediction['preds'].cpu(), readable):
+            if not ok:  # ImageFiles warned, naming the file
+                continue
+            path = Path(self.names[index])
             if path.is_file():  # overlay on the original, full-resolution image
                 image = torch.from_numpy(load_rgb(path).copy()).permute(2, 0, 1)
             image = resize_image(image, pred.shape[-2:])
             mask = colorize(pred, pl_module.palette, pl_module.ignore_index)
-            Image.fromarray(mask.permute(1, 2, 0).numpy()).save(self.run_dir / f'{path.stem}_mask.png')
+            Image.fromarray(mask.permute(1, 2, 0).numpy()).save(self.output_path(index, '_mask.png'))
             blended = overlay(image, pred, pl_module.palette, pl_module.num_classes)
             Image.fromarray(np.ascontiguousarray(blended.permute(1, 2, 0).numpy())).save(
-                self.run_dir / f'{path.stem}_overlay.jpg', quality=90)
+                self.output_path(index, '_overlay.jpg'), quality=90)

@@ -23,6 +23,14 @@ class NonFiniteError(UserError):
     """Training diverged: a loss or gradient is NaN or infinite."""
 
 
+def check_data_kind(task: 'VisionTask', datamodule) -> None:
+    """A UserError when ``datamodule`` holds data for another kind of task (e.g. masks for a classifier)."""
+    data_kind = getattr(datamodule, 'task', None)
+    if data_kind is not None and getattr(task, 'task', None) not in (None, data_kind):
+        raise UserError(f"{type(task).__name__} trains on {task.task} data but {type(datamodule).__name__} holds "
+                        f"{data_kind} data: pick a {task.task} DataModule (--data) or a {data_kind} task (--model)")
+
+
 class VisionTask(L.LightningModule):
     """Base LightningModule: subclasses build ``self.backbone`` and heads, and implement the steps.
 
@@ -49,6 +57,8 @@ class VisionTask(L.LightningModule):
             naming the step and the last good checkpoint, or 'skip' the step (weights unchanged, counted
             in ``train/skipped_steps``). Under '16-mixed' the GradScaler skips such steps itself.
     """
+
+    task: str  # 'classification', 'segmentation' or 'detection': the data it takes
 
     def __init__(
             self,
@@ -82,6 +92,7 @@ class VisionTask(L.LightningModule):
     def setup(self, stage: str) -> None:
         destroy_process_group_at_exit()  # Lightning does it for NCCL only; gloo runs could abort at exit
         datamodule = getattr(self.trainer, 'datamodule', None)
+        check_data_kind(self, datamodule)
         data_classes = getattr(datamodule, 'num_classes', None)
         if data_classes is not None and data_classes != self.num_classes:
             raise UserError(

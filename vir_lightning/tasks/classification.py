@@ -28,6 +28,8 @@ class ClassificationTask(VisionTask):
         **kwargs: optimisation options of VisionTask (lr, weight_decay, layer_decay, schedule, ...).
     """
 
+    task = 'classification'
+
     def __init__(
             self,
             backbone: str = 'vir_tiny_patch16_224',
@@ -104,4 +106,5 @@ class ClassificationTask(VisionTask):
     def predict_step(self, batch, batch_idx: int) -> Dict[str, torch.Tensor]:
         probs = self(batch[0]).softmax(dim=1)
         scores, preds = probs.max(dim=1)
-        return {'preds': preds, 'scores': scores}
+        info = batch[1] if isinstance(batch[1], dict) else {}  # image files have info, class folders labels
+        return {'preds': preds, 'scores': scores, 'readable': info.get('readable', torch.ones_like(preds, dtype=torch.bool))}

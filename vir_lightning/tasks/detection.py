@@ -37,6 +37,8 @@ class DetectionTask(VisionTask):
         map_backend: the library behind torchmetrics' MeanAveragePrecision.
     """
 
+    task = 'detection'
+
     def __init__(
             self,
             backbone: str = 'vir_base_patch16_224',

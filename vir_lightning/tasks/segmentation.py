@@ -31,6 +31,8 @@ class SegmentationTask(VisionTask):
         inference: 'whole' image, or 'slide' (windows of crop_size every stride pixels, mmseg semantics).
     """
 
+    task = 'segmentation'
+
     def __init__(
             self,
             backbone: str = 'vir_base_patch16_224',
