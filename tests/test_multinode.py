@@ -105,7 +105,7 @@ def _scalars(log_dir: Path) -> dict:
 
 
 def _checkpoint(path: Path) -> dict:
-    return torch.load(path, map_location='cpu', weights_only=False)
+    return torch.load(path, map_location='cpu', weights_only=True)
 
 
 def _two_nodes(tmp_path: Path):

@@ -79,7 +79,7 @@ class VirLightningCLI(LightningCLI):
         config = self.config[subcommand] if subcommand else {}
         if config.get('ckpt_path') == 'last':
             self._resolve_last(subcommand, config)
-        if config.get('ckpt_path'):
+        if is_local_file_path(config.get('ckpt_path')):
             written_by = task_path(read_checkpoint(config.ckpt_path))
             configured = getattr(config.get('model'), 'class_path', None)
             if written_by and configured and written_by.rsplit('.', 1)[-1] != configured.rsplit('.', 1)[-1]:
@@ -111,10 +111,10 @@ class VirLightningCLI(LightningCLI):
         from .tasks.base import check_data_kind
         check_data_kind(self.model, self.datamodule)
         config = self.config_init[self.subcommand]
-        if config.get('ckpt_path'):
+        if is_local_file_path(config.get('ckpt_path')):
             check_fits(read_checkpoint(config.ckpt_path), self.model, config.ckpt_path)
-            if config.get('weights_only') is None:
-                config.weights_only = True  # a checkpoint never runs code while it is read
+        if config.get('ckpt_path') and config.get('weights_only') is None:
+            config.weights_only = True  # a checkpoint never runs code while it is read (Lightning: remote ones do)
         if not self.trainer.loggers:  # e.g. --trainer.logger false: the lr monitor has nowhere to log
             monitors = [c for c in self.trainer.callbacks if isinstance(c, LearningRateMonitor)]
             for monitor in monitors:
@@ -123,6 +123,11 @@ class VirLightningCLI(LightningCLI):
                 rank_zero_info("no logger: LearningRateMonitor dropped")
 
     before_fit = before_validate = before_test = before_predict = _check_before_run
+
+
+def is_local_file_path(ckpt_path) -> bool:
+    """A path on this machine, not a URL (s3://, https://) nor Lightning's 'hpc' or 'registry' keywords."""
+    return bool(ckpt_path) and '://' not in str(ckpt_path) and ckpt_path not in ('hpc', 'registry')
 
 
 def _logger_args(logger):

@@ -102,13 +102,23 @@ def ade20k_metainfo() -> Tuple[Tuple[str, ...], Tuple[Tuple[int, int, int], ...]
 
 @MODELS.register_module()
 class TimmFeatures(nn.Module):
-    """``timm.create_model(model_name, features_only=True, out_indices=...)`` returning a tuple of NCHW maps."""
+    """``timm.create_model(model_name, features_only=True, out_indices=...)`` returning a tuple of NCHW maps.
+
+    ``init_cfg=dict(type='Pretrained', checkpoint=PATH)`` (mmseg's way to start from weights) has timm
+    load PATH, e.g. the .safetensors of ``python -m vir_lightning export``; any other init_cfg is an
+    error rather than silently ignored.
+    """
 
     def __init__(self, model_name: str = 'vir_base_patch16_224', out_indices: Sequence[int] = (3, 5, 7, 11),
                  model_kwargs: Optional[Dict[str, Any]] = None, init_cfg=None):
         super().__init__()
-        self.model = timm.create_model(model_name, features_only=True, out_indices=tuple(out_indices),
-                                       **(model_kwargs or {}))
+        model_kwargs = dict(model_kwargs or {})
+        if init_cfg is not None:
+            if init_cfg.get('type') != 'Pretrained' or not init_cfg.get('checkpoint'):
+                raise ValueError(f"{type(self).__name__} init_cfg {dict(init_cfg)}: only "
+                                 f"dict(type='Pretrained', checkpoint=PATH) is supported")
+            model_kwargs.update(pretrained=True, pretrained_cfg_overlay=dict(file=str(init_cfg['checkpoint'])))
+        self.model = timm.create_model(model_name, features_only=True, out_indices=tuple(out_indices), **model_kwargs)
         self.out_channels = self.model.feature_info.channels()
 
     def init_weights(self) -> None:

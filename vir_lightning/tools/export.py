@@ -1,32 +1,35 @@
-"""``python -m vir_lightning export``: a trained checkpoint as files that load without this project's tasks.
+"""``python -m vir_lightning export``: a trained checkpoint as files that load without this project.
 
-A ``.ckpt`` is Lightning's training state (weights under task prefixes, optimizer state, the task's
-hyperparameters): only ``vir_lightning`` can rebuild it. Export writes what other tools load:
+A ``.ckpt`` is Lightning's training state (weights under task prefixes, optimizer state,
+hyperparameters) that only ``vir_lightning`` can rebuild. Export writes what other tools load:
 
 * ``--format safetensors``: the backbone alone, in timm's state-dict naming, as ``<stem>.safetensors``
-  (no pickle: loading it runs no code), with ``<stem>.json`` giving the ``timm.create_model``
-  arguments that rebuild it. Load it with timm (``import vir_lightning`` first, which registers the
-  ViR models), e.g. ``timm.create_model(c['model_name'], pretrained=True,
-  pretrained_cfg_overlay=c['pretrained_cfg_overlay'], **c['kwargs'])`` with ``c`` the JSON, or in
-  mmseg as ``backbone=dict(type='ViR', ..., init_cfg=dict(type='Pretrained', checkpoint=PATH))``.
-  The overlay carries ``num_classes`` for a classifier: without it timm drops a classifier whose
-  class count differs from the model's default config (1000). A segmentation or detection backbone
-  is timm's ``features_only`` model, whose blocks after the last used one, final norm and classifier
-  were never trained: the JSON rebuilds it with ``features_only`` and its ``out_indices``.
-* ``--format onnx``: the whole model for its task as ``<stem>.onnx``, input ``images`` float32
-  [batch, 3, H, W] normalised as in training (the DataModule's mean/std, ImageNet's by default):
-  classification ``logits`` [batch, classes]; segmentation ``logits`` [batch, classes, H, W] (whole
-  image, at the input size); detection the backbone and its simple feature pyramid,
-  ``pyramid_0`` .. ``pyramid_3`` and ``pyramid_pool`` (strides patch/4 .. 2 x patch, 4 x patch),
-  without torchvision's anchors, box heads and NMS. ViR runs in the pure-PyTorch retention form
-  ``--retention_mode`` (the closest peers, MambaVision and VMamba, need CUDA scan kernels that ONNX
-  cannot express). The batch is always dynamic. H and W are dynamic (multiples of the stride
-  printed, at least 2 strides) in the ``parallel`` form; the ``chunkwise`` form's scan over chunks
-  is a Python loop that the exporter unrolls for the traced token count, so there H and W are fixed
-  at ``--image_size``. The file is then run in onnxruntime at the traced size (and, when H and W are
-  dynamic, at a second one) and compared with PyTorch; a mismatch removes it and is an error.
+  (no pickle: loading it runs no code), and ``<stem>.json``, the ``timm.create_model`` arguments
+  that rebuild it (``import vir_lightning`` first: it registers the ViR models)::
 
-Files are named after the checkpoint; an export never overwrites: an existing file is an error.
+      timm.create_model(c['model_name'], pretrained=True, pretrained_cfg_overlay=c['pretrained_cfg_overlay'],
+                        **c['kwargs'])  # c: the JSON; its overlay names the file beside it
+
+  The overlay carries a classifier's ``num_classes``: without it timm re-initialises a classifier
+  whose class count differs from the default config's 1000. A segmentation or detection backbone
+  is timm's ``features_only`` model (blocks after the last used one, final norm and classifier were
+  never trained), rebuilt with ``features_only`` and its ``out_indices``. In mmseg:
+  ``backbone=dict(type='ViR', ..., init_cfg=dict(type='Pretrained', checkpoint='<stem>.safetensors'))``.
+* ``--format onnx``: the whole model for its task as ``<stem>.onnx``. Input ``images``, float32
+  [batch, 3, H, W], normalised as in training (the DataModule's mean/std, ImageNet's by default).
+  Outputs: classification ``logits`` [batch, classes]; segmentation ``logits`` [batch, classes, H, W]
+  (whole image, at the input size); detection the backbone and simple feature pyramid only,
+  ``pyramid_0`` .. ``pyramid_3``, ``pyramid_pool`` (strides patch/4, /2, x1, x2, x4), without
+  torchvision's anchors, box heads and NMS. ViR runs its pure-PyTorch ``--retention_mode`` form
+  (MambaVision and VMamba need custom CUDA/Triton selective-scan kernels, which ONNX cannot express).
+  What is dynamic: the batch, always; H and W in the ``parallel`` form (multiples of the printed
+  stride, at least two strides), unless the head pools to fixed grids (UPerNet); the ``chunkwise``
+  form's scan over chunks is a Python loop that the exporter unrolls for the traced token count, so
+  there H and W are fixed at ``--image_size``. The file is then run in onnxruntime at the traced
+  size (and, when dynamic, at a second one) against PyTorch: a mismatch removes it and says why.
+
+Files are named after the checkpoint (``last.ckpt`` -> ``last.onnx``). An export never overwrites:
+a file already there is an error, raised with the other checks of ``--output`` before any work.
 """
 import argparse
 import json
@@ -122,7 +125,7 @@ def onnx_module(task: nn.Module) -> Tuple[nn.Module, int]:
     if isinstance(task, ClassificationTask):
         return task, patch_size(task.backbone)
     if isinstance(task, SegmentationTask):
-        return SegmentationLogits(task), task.patch_size
+        return SegmentationLogits(task).eval(), task.patch_size
     if isinstance(task, DetectionTask):  # the detector pads its batches to the pyramid's coarsest stride
         return task.detector.backbone, task.detector.backbone.max_stride
     raise UserError(f"--format onnx does not know the outputs of a {type(task).__name__}")
@@ -161,6 +164,8 @@ def export_onnx(task: nn.Module, paths: List[Path], mode: str, requested: Option
     dynamic_hw = hasattr(model, 'set_retention_mode') and mode == 'parallel'
     if hasattr(model, 'set_retention_mode'):
         model.set_retention_mode(mode, kernel='torch')  # fla's Triton kernels cannot be exported
+    if dynamic_hw:  # torch.export fixes a size of one stride (its 0/1 specialisation): trace at least two
+        size = tuple(max(s, 2 * stride) for s in size)
     images = torch.randn(2, 3, *size)
     names = list(_outputs(module, images))  # this first run also fills the model's caches
     dims = {0: torch.export.Dim('batch')}
@@ -192,8 +197,11 @@ def export_onnx(task: nn.Module, paths: List[Path], mode: str, requested: Option
         if not matches:
             for path in paths:
                 path.unlink(missing_ok=True)
-            raise UserError(f"the exported graph does not match PyTorch at {where} ({detail}): the file was "
-                            f"removed; please report it")
+            hint = 'this model cannot take other sizes (e.g. UPerNet pools to fixed grids): export with ' \
+                '--retention_mode chunkwise, which fixes H and W at --image_size' if sample is not images else \
+                'please report it'
+            raise UserError(f"the exported graph does not match PyTorch at {where} ({detail}); the file was "
+                            f"removed: {hint}")
         lines.append(f'onnxruntime vs PyTorch at {where}: {detail}')
     hw = f'dynamic (multiples of {stride})' if dynamic_hw else f'fixed at {size[0]}x{size[1]}'
     lines.append(f"input images [batch, 3, H, W]: batch dynamic, H and W {hw}; outputs {', '.join(names)}")
@@ -209,8 +217,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument('--output', required=True,
                    help='folder for the files, created if needed; files already there are never overwritten')
     p.add_argument('--retention_mode', default='chunkwise', choices=ONNX_RETENTION_MODES,
-                   help='onnx: ViR retention form; chunkwise: linear cost, H and W fixed; parallel: N x N '
-                        'scores, H and W dynamic (default: %(default)s)')
+                   help='onnx, ViR backbones: chunkwise (linear cost; H and W fixed) or parallel (N x N scores; '
+                        'H and W dynamic) (default: %(default)s)')
     p.add_argument('--image_size', type=int, nargs='+', metavar='SIDE',
                    help="onnx: the traced input size, one side or H W (default: the backbone's img_size)")
     return p
