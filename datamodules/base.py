@@ -136,7 +136,9 @@ class VisionDataModule(L.LightningDataModule):
             pin_memory=torch.cuda.is_available(),
             persistent_workers=self.num_workers > 0,
             collate_fn=self.collate_fn(),
-            generator=torch.Generator().manual_seed(seed),  # worker seeds drawn here, not from the model's stream
+            # a resumed run creates its training iterator where the uninterrupted one did not: its draw of the
+            # worker seed comes from here, not from the stream that dropout and mixup continue
+            generator=torch.Generator().manual_seed(seed) if train else None,
         )
 
     def state_dict(self) -> Dict[str, Any]:

@@ -16,13 +16,12 @@ from test_cli import run_main
 
 
 def test_every_packaged_config_writes_its_predictions():
+    import importlib
     from lightning.pytorch.callbacks import BasePredictionWriter
     from vir_lightning.cli import config_dir
-    import importlib
     for path in config_dir().glob('*.yaml'):
-        callbacks = yaml.safe_load(path.read_text())['trainer']['callbacks']
-        classes = [getattr(importlib.import_module(c['class_path'].rsplit('.', 1)[0]), c['class_path'].rsplit('.', 1)[1])
-                   for c in callbacks]
+        paths = [c['class_path'].rsplit('.', 1) for c in yaml.safe_load(path.read_text())['trainer']['callbacks']]
+        classes = [getattr(importlib.import_module(module), name) for module, name in paths]
         assert any(issubclass(c, BasePredictionWriter) for c in classes), path.name
 
 

@@ -1,9 +1,10 @@
-"""Reading checkpoints: ``weights_only`` loading and one message that names a file which is missing, empty,
-truncated, not a checkpoint, of another task, or of another model, before any work is done."""
+"""Finding and reading checkpoints: a run's latest ``last.ckpt`` (``--ckpt_path last``), ``weights_only``
+loading, and one message that names a file which is missing, empty, truncated, not a checkpoint, of
+another task, or of another model, before any work is done."""
 import importlib
 import zipfile
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import torch
 
@@ -80,3 +81,43 @@ def load_task(path, option: str = '--ckpt_path') -> torch.nn.Module:
     check_fits(checkpoint, task, path, option)
     task.load_state_dict(checkpoint['state_dict'])
     return task.eval()
+
+
+def is_local_file_path(ckpt_path) -> bool:
+    """A path on this machine, not a URL (s3://, https://) nor Lightning's 'hpc' or 'registry' keywords."""
+    return bool(ckpt_path) and '://' not in str(ckpt_path) and ckpt_path not in ('hpc', 'registry')
+
+
+def logger_args(logger):
+    """A file logger's init_args (save_dir, name) from the trainer config, or None."""
+    init_args = getattr(logger, 'init_args', None)
+    return init_args if init_args is not None and init_args.get('save_dir') is not None else None
+
+
+def _run_folders(trainer_config) -> List[Path]:
+    """Where a run's checkpoints can be: the logger's ``save_dir/name/*/checkpoints``, the callbacks'
+    ``dirpath``, or ``default_root_dir/checkpoints`` when there is no logger."""
+    folders = []
+    args = logger_args(trainer_config.get('logger'))
+    if args is not None:
+        folders += (Path(args.save_dir) / (args.get('name') or '')).glob('*/checkpoints')
+    elif not trainer_config.get('logger'):
+        folders.append(Path(trainer_config.get('default_root_dir') or '.') / 'checkpoints')
+    for callback in trainer_config.get('callbacks') or []:
+        dirpath = getattr(getattr(callback, 'init_args', None), 'dirpath', None)
+        if dirpath:
+            folders.append(Path(dirpath))
+    return folders
+
+
+def latest_last_checkpoint(trainer_config) -> Optional[Path]:
+    """The newest ``last.ckpt`` of the run that this trainer config writes (same root and name)."""
+    found = [folder / 'last.ckpt' for folder in _run_folders(trainer_config) if (folder / 'last.ckpt').is_file()]
+    return max(found, key=lambda p: p.stat().st_mtime) if found else None
+
+
+def describe_run(trainer_config) -> str:
+    args = logger_args(trainer_config.get('logger'))
+    if args is not None:
+        return f"'{Path(args.save_dir) / (args.get('name') or '')}'"
+    return f"'{Path(trainer_config.get('default_root_dir') or '.') / 'checkpoints'}'"

@@ -2,7 +2,7 @@
 packaged configs, linked class counts, TensorBoard and a Rich progress bar by default, and
 one-line errors for user mistakes. ``python -m vir_lightning benchmark --help``: throughput and
 memory of ViR against ViT by resolution; ``python -m vir_lightning study --help``: ViR against ViT
-on the demo tasks."""
+on the demo tasks; ``python -m vir_lightning export --help``: a checkpoint as safetensors or ONNX."""
 import importlib.util
 import re
 import sys
@@ -14,7 +14,9 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_info
 
-from .checkpoints import check_fits, read_checkpoint, task_path
+from .checkpoints import (
+    check_fits, describe_run, is_local_file_path, latest_last_checkpoint, logger_args, read_checkpoint, task_path,
+)
 from .errors import UserError, find_user_error, user_message, worker_death
 
 CONFIG_FLAGS = ('--config', '-c')
@@ -80,7 +82,8 @@ class VirLightningCLI(LightningCLI):
         if config.get('ckpt_path') == 'last':
             self._resolve_last(subcommand, config)
         if is_local_file_path(config.get('ckpt_path')):
-            written_by = task_path(read_checkpoint(config.ckpt_path))
+            self._checkpoint = read_checkpoint(config.ckpt_path)  # memory-mapped: cheap to keep
+            written_by = task_path(self._checkpoint)
             configured = getattr(config.get('model'), 'class_path', None)
             if written_by and configured and written_by.rsplit('.', 1)[-1] != configured.rsplit('.', 1)[-1]:
                 raise UserError(
@@ -100,7 +103,7 @@ class VirLightningCLI(LightningCLI):
             return
         config.ckpt_path = str(found)
         logger = config.trainer.get('logger')
-        if subcommand == 'fit' and _logger_args(logger) is not None and found.parent.name == 'checkpoints':
+        if subcommand == 'fit' and logger_args(logger) is not None and found.parent.name == 'checkpoints':
             version = found.parent.parent.name  # log on in the same folder: one continuous TensorBoard curve
             match = re.fullmatch(r'version_(\d+)', version)
             logger.init_args.version = int(match.group(1)) if match else version
@@ -112,7 +115,8 @@ class VirLightningCLI(LightningCLI):
         check_data_kind(self.model, self.datamodule)
         config = self.config_init[self.subcommand]
         if is_local_file_path(config.get('ckpt_path')):
-            check_fits(read_checkpoint(config.ckpt_path), self.model, config.ckpt_path)
+            check_fits(getattr(self, '_checkpoint', None) or read_checkpoint(config.ckpt_path), self.model,
+                       config.ckpt_path)
         if config.get('ckpt_path') and config.get('weights_only') is None:
             config.weights_only = True  # a checkpoint never runs code while it is read (Lightning: remote ones do)
         if not self.trainer.loggers:  # e.g. --trainer.logger false: the lr monitor has nowhere to log
@@ -123,46 +127,6 @@ class VirLightningCLI(LightningCLI):
                 rank_zero_info("no logger: LearningRateMonitor dropped")
 
     before_fit = before_validate = before_test = before_predict = _check_before_run
-
-
-def is_local_file_path(ckpt_path) -> bool:
-    """A path on this machine, not a URL (s3://, https://) nor Lightning's 'hpc' or 'registry' keywords."""
-    return bool(ckpt_path) and '://' not in str(ckpt_path) and ckpt_path not in ('hpc', 'registry')
-
-
-def _logger_args(logger):
-    """A file logger's init_args (save_dir, name) from the trainer config, or None."""
-    init_args = getattr(logger, 'init_args', None)
-    return init_args if init_args is not None and init_args.get('save_dir') is not None else None
-
-
-def _run_folders(trainer_config) -> List[Path]:
-    """Where a run's checkpoints can be: the logger's ``save_dir/name/*/checkpoints``, the callbacks'
-    ``dirpath``, or ``default_root_dir/checkpoints`` when there is no logger."""
-    folders = []
-    args = _logger_args(trainer_config.get('logger'))
-    if args is not None:
-        folders += (Path(args.save_dir) / (args.get('name') or '')).glob('*/checkpoints')
-    elif not trainer_config.get('logger'):
-        folders.append(Path(trainer_config.get('default_root_dir') or '.') / 'checkpoints')
-    for callback in trainer_config.get('callbacks') or []:
-        dirpath = getattr(getattr(callback, 'init_args', None), 'dirpath', None)
-        if dirpath:
-            folders.append(Path(dirpath))
-    return folders
-
-
-def latest_last_checkpoint(trainer_config) -> Optional[Path]:
-    """The newest ``last.ckpt`` of the run that this trainer config writes (same root and name)."""
-    found = [folder / 'last.ckpt' for folder in _run_folders(trainer_config) if (folder / 'last.ckpt').is_file()]
-    return max(found, key=lambda p: p.stat().st_mtime) if found else None
-
-
-def describe_run(trainer_config) -> str:
-    args = _logger_args(trainer_config.get('logger'))
-    if args is not None:
-        return f"'{Path(args.save_dir) / (args.get('name') or '')}'"
-    return f"'{Path(trainer_config.get('default_root_dir') or '.') / 'checkpoints'}'"
 
 
 class SaveConfigBeside(SaveConfigCallback):

@@ -107,4 +107,5 @@ class ClassificationTask(VisionTask):
         probs = self(batch[0]).softmax(dim=1)
         scores, preds = probs.max(dim=1)
         info = batch[1] if isinstance(batch[1], dict) else {}  # image files have info, class folders labels
-        return {'preds': preds, 'scores': scores, 'readable': info.get('readable', torch.ones_like(preds, dtype=torch.bool))}
+        readable = info.get('readable', torch.ones_like(preds, dtype=torch.bool))
+        return {'preds': preds, 'scores': scores, 'readable': readable}
