@@ -1,9 +1,8 @@
 """What every DataModule shares: the global batch split across devices, and loaders that resume exactly."""
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Sequence
-
-import warnings
 
 import lightning as L
 import torch
@@ -144,7 +143,7 @@ class VisionDataModule(L.LightningDataModule):
     def state_dict(self) -> Dict[str, Any]:
         """Where training stands in its epoch, saved in every checkpoint for an exact resume."""
         trainer = self.trainer
-        if trainer is None or not trainer.training:
+        if trainer is None or trainer.state.fn != 'fit':  # also saved from validation within fit
             return {}
         done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
         return {'epoch': trainer.current_epoch, 'batches_done': done,
