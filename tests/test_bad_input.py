@@ -131,3 +131,10 @@ def test_a_yaml_syntax_error_names_its_file(tmp_path, monkeypatch, capsys):
     (tmp_path / 'broken.yaml').write_text('trainer:\n  max_epochs: [1\n')
     code, _, err = run_main(['fit', '--config', 'broken.yaml'], capsys)
     one_line_error(code, err, 'broken.yaml')
+
+
+@pytest.mark.parametrize('option', [{'inference_retention_mode': 'fast'}, {'on_non_finite': 'ignore'}])
+def test_python_callers_get_the_choices_at_construction(option):
+    from vir_lightning.tasks import ClassificationTask
+    with pytest.raises(ValueError, match=list(option)[0]):
+        ClassificationTask(num_classes=3, **option)

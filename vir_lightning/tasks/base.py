@@ -1,7 +1,7 @@
 """What every task shares: the optimiser and schedule, the inference retention form, data checks."""
 import math
 from pathlib import Path
-from typing import Any, Dict, List, Literal, Optional, Sequence
+from typing import Any, Dict, List, Literal, Optional, Sequence, get_args
 
 import lightning as L
 import torch
@@ -10,8 +10,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from .. import rng_state
 from ..checkpoints import TASK_KEY
 from ..distributed import destroy_process_group_at_exit
-from ..errors import UserError
-from ..models.retention import RetentionMode
+from ..errors import UserError, check_choice
+from ..models.retention import RETENTION_MODES, RetentionMode
 from .backbone import patch_size
 from .optim import Schedule, build_optimizer, build_scheduler, param_groups
 
@@ -86,6 +86,9 @@ class VisionTask(L.LightningModule):
                 raise UserError(f"--model.{option} must be a finite number of at least 0, got {value}")
         if lr == 0:
             raise UserError("--model.lr is 0: nothing would be trained; use e.g. 1e-3")
+        if inference_retention_mode is not None:  # the CLI checks these Literals; Python callers get it here
+            check_choice('inference_retention_mode', inference_retention_mode, RETENTION_MODES)
+        check_choice('on_non_finite', on_non_finite, get_args(NonFinite))
         self.num_classes = num_classes
         self.skipped_steps = 0
 
