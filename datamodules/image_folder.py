@@ -10,13 +10,8 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from vir_lightning.errors import DataNotFoundError, UserError, listing
 from .base import VisionDataModule
-from .images import AlbumentationsTransform, ImageFiles, load_rgb, predict_paths
+from .images import AlbumentationsTransform, ImageFiles, image_files, load_rgb, predict_paths
 from .transforms import classification_eval_transform, classification_train_transform, build_rand_augment
-
-
-def has_image(folder: Path) -> bool:
-    """Whether ``folder`` holds at least one image file (stops at the first)."""
-    return any(p.suffix.lower() in IMG_EXTENSIONS for p in folder.rglob('*'))
 
 
 class ClassFolder(ImageFolder):
@@ -104,7 +99,7 @@ class ImageFolderDataModule(VisionDataModule):
         classes = sorted(entry.name for entry in os.scandir(self.train_dir) if entry.is_dir())
         if not classes:
             raise UserError(f"'{self.train_dir}' has no class folders; expected {self.train_dir}/<class_name>/*.jpg")
-        empty = [name for name in classes if not has_image(self.train_dir / name)]
+        empty = [name for name in classes if not any(image_files(self.train_dir / name))]
         if empty:  # kept, so class indices match the folder names; but the model can never learn them
             rank_zero_warn(f"'{self.train_dir}' has {len(empty)} class folders without images, kept as classes "
                            f"that the model cannot learn: {listing(empty)}. Delete them if they are not classes.")

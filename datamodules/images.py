@@ -2,7 +2,7 @@
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -13,6 +13,9 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 from vir_lightning.errors import DataNotFoundError, UserError
 
 
+IMAGE_ERRORS = (OSError, UnidentifiedImageError, SyntaxError, ValueError)  # what Pillow raises for a bad file
+
+
 def load_rgb(path) -> np.ndarray:
     """An HWC uint8 RGB array from any mode Pillow reads: grayscale, palette, CMYK and RGBA are converted,
     16-bit, 32-bit and float images scaled to 8 bits (Pillow's own conversion clips them to 0/255)."""
@@ -21,7 +24,7 @@ def load_rgb(path) -> np.ndarray:
             if image.mode in ('RGB', 'L', 'P', 'RGBA', 'LA', 'PA', 'CMYK', 'YCbCr', 'LAB', 'HSV', '1', 'RGBX', 'La'):
                 return np.asarray(image.convert('RGB'))
             gray = to_uint8(np.asarray(image))
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as error:
+    except IMAGE_ERRORS as error:
         raise UserError(
             f"cannot read image '{path}': {error}. The file is corrupt, truncated or not an image: "
             f"replace or delete it (re-extracting the dataset usually fixes this).") from error
@@ -76,8 +79,13 @@ class AlbumentationsTransform:
         return self.pipeline(image=image, **self.fields)['image']
 
 
+def image_files(folder: Path) -> Iterator[Path]:
+    """The image files below ``folder``, lazily (``any(image_files(f))`` stops at the first)."""
+    return (p for p in Path(folder).rglob('*') if p.suffix.lower() in IMG_EXTENSIONS)
+
+
 def list_images(folder: Path) -> List[Path]:
-    return sorted(p for p in Path(folder).rglob('*') if p.suffix.lower() in IMG_EXTENSIONS)
+    return sorted(image_files(folder))
 
 
 def unreadable_images(paths: Sequence) -> List[str]:
@@ -89,7 +97,7 @@ def unreadable_images(paths: Sequence) -> List[str]:
         try:
             with Image.open(path) as image:
                 image.load()
-        except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as error:
+        except IMAGE_ERRORS as error:
             return f'{path}: {error}'
         return None
 

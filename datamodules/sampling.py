@@ -5,10 +5,13 @@ skipping those already trained on, and each sample is augmented as it would have
 process or DataLoader worker loads it and however many devices share the epoch.
 """
 import random
+from contextlib import nullcontext
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, DistributedSampler, get_worker_info
+
+from vir_lightning.rng_state import cpu_streams_kept
 
 
 class EpochSampler(DistributedSampler):
@@ -47,17 +50,9 @@ class SeededSamples(Dataset):
 
     def __getitem__(self, item):
         index, seed = item
-        if get_worker_info() is not None:
+        with nullcontext() if get_worker_info() is not None else cpu_streams_kept():
             _seed_all(seed)
             return self.dataset[index]
-        saved = torch.get_rng_state(), np.random.get_state(), random.getstate()
-        try:
-            _seed_all(seed)
-            return self.dataset[index]
-        finally:
-            torch.set_rng_state(saved[0])
-            np.random.set_state(saved[1])
-            random.setstate(saved[2])
 
 
 def _seed_all(seed: int) -> None:

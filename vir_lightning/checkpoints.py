@@ -45,13 +45,17 @@ def task_path(checkpoint: Dict[str, Any]) -> Optional[str]:
     return checkpoint.get(TASK_KEY) or checkpoint.get('hyper_parameters', {}).get('_class_path')
 
 
-def check_fits(checkpoint: Dict[str, Any], model: torch.nn.Module, path, option: str = '--ckpt_path') -> None:
-    """A UserError unless ``checkpoint`` was written by ``model``'s task and its weights fit ``model``."""
+def check_task(checkpoint: Dict[str, Any], expected: str, path, option: str = '--ckpt_path') -> None:
+    """A UserError unless ``checkpoint`` was written by the task class named ``expected`` (or does not say)."""
     written_by = task_path(checkpoint)
-    expected = type(model).__name__
     if written_by is not None and written_by.rsplit('.', 1)[-1] != expected:
         raise UserError(f"{option} '{path}' is a {written_by.rsplit('.', 1)[-1]} checkpoint but the config "
                         f"builds a {expected}: use the config it was trained with, or a {expected} checkpoint")
+
+
+def check_fits(checkpoint: Dict[str, Any], model: torch.nn.Module, path, option: str = '--ckpt_path') -> None:
+    """A UserError unless ``checkpoint`` was written by ``model``'s task and its weights fit ``model``."""
+    check_task(checkpoint, type(model).__name__, path, option)
     saved_classes = checkpoint.get('hyper_parameters', {}).get('num_classes')
     if saved_classes is not None and saved_classes != getattr(model, 'num_classes', saved_classes):
         raise UserError(f"{option} '{path}' predicts {saved_classes} classes but the data has {model.num_classes}: "

@@ -15,7 +15,7 @@ from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_info
 
 from .checkpoints import (
-    check_fits, describe_run, is_local_file_path, latest_last_checkpoint, logger_args, read_checkpoint, task_path,
+    check_fits, check_task, describe_run, is_local_file_path, latest_last_checkpoint, logger_args, read_checkpoint,
 )
 from .errors import UserError, find_user_error, user_message, worker_death
 
@@ -83,12 +83,9 @@ class VirLightningCLI(LightningCLI):
             self._resolve_last(subcommand, config)
         if is_local_file_path(config.get('ckpt_path')):
             self._checkpoint = read_checkpoint(config.ckpt_path)  # memory-mapped: cheap to keep
-            written_by = task_path(self._checkpoint)
             configured = getattr(config.get('model'), 'class_path', None)
-            if written_by and configured and written_by.rsplit('.', 1)[-1] != configured.rsplit('.', 1)[-1]:
-                raise UserError(
-                    f"--ckpt_path '{config.ckpt_path}' is a {written_by.rsplit('.', 1)[-1]} checkpoint but the "
-                    f"config builds a {configured.rsplit('.', 1)[-1]}: use the config it was trained with")
+            if configured:
+                check_task(self._checkpoint, configured.rsplit('.', 1)[-1], config.ckpt_path)
         super()._parse_ckpt_path()
 
     def _resolve_last(self, subcommand: str, config) -> None:

@@ -5,7 +5,8 @@ Lightning saves no random state. Its own helper stores numpy's state as an ndarr
 ``weights_only`` load refuses; here every part is a tensor or a tuple of ints.
 """
 import random
-from typing import Any, Dict
+from contextlib import contextmanager
+from typing import Any, Dict, Iterator
 
 import numpy as np
 import torch
@@ -32,3 +33,15 @@ def restore(state: Dict[str, Any]) -> None:
 def _as_tuples(value):
     """random.setstate wants tuples; a checkpoint may hand back lists."""
     return tuple(_as_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+@contextmanager
+def cpu_streams_kept() -> Iterator[None]:
+    """Puts torch's, numpy's and Python's CPU streams back as they were after the block."""
+    saved = torch.get_rng_state(), np.random.get_state(), random.getstate()
+    try:
+        yield
+    finally:
+        torch.set_rng_state(saved[0])
+        np.random.set_state(saved[1])
+        random.setstate(saved[2])

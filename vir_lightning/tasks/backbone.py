@@ -23,8 +23,12 @@ def create_backbone(name: str, kwargs: Optional[Dict[str, Any]] = None, **overri
         raise UserError(f"cannot build backbone {name!r} with backbone_kwargs {kwargs}: {error}") from error
 
 
+def timm_model(backbone: nn.Module) -> nn.Module:
+    """The timm model behind ``backbone`` (timm's features_only wrappers keep it as ``.model``)."""
+    return getattr(backbone, 'model', backbone)
+
+
 def patch_size(backbone: nn.Module) -> int:
     """The backbone's patch size (1 for backbones without a patch embedding), through timm's feature wrappers."""
-    model = getattr(backbone, 'model', backbone)
-    patch_embed = getattr(model, 'patch_embed', None)
+    patch_embed = getattr(timm_model(backbone), 'patch_embed', None)
     return patch_embed.patch_size[0] if patch_embed is not None else 1

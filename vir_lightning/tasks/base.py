@@ -12,7 +12,7 @@ from ..checkpoints import TASK_KEY
 from ..distributed import destroy_process_group_at_exit
 from ..errors import UserError, check_choice
 from ..models.retention import RETENTION_MODES, RetentionMode
-from .backbone import patch_size
+from .backbone import patch_size, timm_model
 from .optim import Schedule, build_optimizer, build_scheduler, param_groups
 
 
@@ -107,7 +107,7 @@ class VisionTask(L.LightningModule):
             self.backbone.compile()
 
     def _check_image_size(self, image_size: Optional[int]) -> None:
-        model = getattr(self.backbone, 'model', self.backbone)
+        model = timm_model(self.backbone)
         if image_size is None or getattr(getattr(model, 'patch_embed', None), 'dynamic_img_pad', False):
             return
         patch = patch_size(self.backbone)
@@ -120,7 +120,7 @@ class VisionTask(L.LightningModule):
     def _set_retention_mode(self, training: bool) -> None:
         """``inference_retention_mode`` outside training, the form the model was built with in training."""
         mode = self.hparams.get('inference_retention_mode')
-        model = getattr(self.backbone, 'model', self.backbone)
+        model = timm_model(self.backbone)
         if mode is None or not hasattr(model, 'set_retention_mode'):
             return
         if not hasattr(self, '_train_retention_mode'):  # the form the model was built with

@@ -43,6 +43,7 @@ import torch.nn as nn
 
 from ..checkpoints import load_task
 from ..errors import UserError
+from ..tasks.backbone import patch_size, timm_model
 
 FORMATS = ('safetensors', 'onnx')
 ONNX_RETENTION_MODES = ('chunkwise', 'parallel')
@@ -76,11 +77,6 @@ def check_output(output: Path, names: List[str]) -> None:
                             f"or pass another --output")
 
 
-def _model(task: nn.Module) -> nn.Module:
-    """The timm model behind ``task.backbone`` (timm's features_only wrapper keeps it as ``.model``)."""
-    return getattr(task.backbone, 'model', task.backbone)
-
-
 def timm_recipe(task: nn.Module, weights_name: str) -> Dict:
     """What ``timm.create_model`` needs to rebuild the task's backbone from the exported weights."""
     import timm
@@ -101,7 +97,7 @@ def export_safetensors(task: nn.Module, output: Path, names: List[str]) -> List[
 
     weights, recipe = output / names[0], output / names[1]
     output.mkdir(parents=True, exist_ok=True)
-    save_file(_model(task).state_dict(), str(weights))
+    save_file(timm_model(task.backbone).state_dict(), str(weights))
     recipe.write_text(json.dumps(timm_recipe(task, names[0]), indent=2) + '\n')
     return [weights, recipe]
 
@@ -120,7 +116,6 @@ class SegmentationLogits(nn.Module):
 def onnx_module(task: nn.Module) -> Tuple[nn.Module, int]:
     """The module to export and the stride its input sides must be multiples of."""
     from ..tasks import ClassificationTask, DetectionTask, SegmentationTask
-    from ..tasks.backbone import patch_size
 
     if isinstance(task, ClassificationTask):
         return task, patch_size(task.backbone)
@@ -135,9 +130,9 @@ def image_size(task: nn.Module, requested: Optional[List[int]], stride: int) -> 
     """``--image_size`` (one side, or H W), checked against ``stride``; default: the backbone's img_size."""
     if requested is None:
         from timm.data import resolve_model_data_config
-        patch_embed = getattr(_model(task), 'patch_embed', None)
+        patch_embed = getattr(timm_model(task.backbone), 'patch_embed', None)
         size = tuple(patch_embed.img_size) if getattr(patch_embed, 'img_size', None) else \
-            tuple(resolve_model_data_config(_model(task))['input_size'][1:])
+            tuple(resolve_model_data_config(timm_model(task.backbone))['input_size'][1:])
         return tuple(-(-s // stride) * stride for s in size)
     if len(requested) > 2:
         raise UserError(f"--image_size takes one side or H W, got {len(requested)} numbers")
@@ -160,7 +155,7 @@ def export_onnx(task: nn.Module, paths: List[Path], mode: str, requested: Option
     """Export to ``paths[0]``, then check it in onnxruntime against PyTorch; returns the check's lines."""
     module, stride = onnx_module(task)
     size = image_size(task, requested, stride)
-    model = _model(task)
+    model = timm_model(task.backbone)
     dynamic_hw = hasattr(model, 'set_retention_mode') and mode == 'parallel'
     if hasattr(model, 'set_retention_mode'):
         model.set_retention_mode(mode, kernel='torch')  # fla's Triton kernels cannot be exported
