@@ -1,0 +1,380 @@
+"""QnA-ViT (Arar et al., "Learned Queries for Efficient Local Attention", CVPR 2022) as timm models.
+
+A 4x4 patch stem and four stages of pre-LN blocks on NHWC maps at strides 4, 8, 16, 32: QnA blocks
+(``qna.py``) in the early stages, windowed self-attention blocks in the late ones, and a stride-2
+QnA block (its skip a strided 1x1 projection) that halves the map and doubles the width between
+stages. Final LayerNorm, global average pool, linear classifier. Tiny/Small/Base follow the
+official configurations (moabarar/qna models/qna_vit.py: widths 64 (96 for Base) doubling per
+stage, QnA head width 8, window 7/7/14/7, drop path 0.05/0.2/0.5, the strided blocks counted in
+the drop-path schedule).
+
+Layout beside the official code: the stride-2 block that ENDS stage i there STARTS stage i + 1
+here (timm's Swin layout), so that stage i's output is the stride-2^(i+2) map that dense heads
+read; the computation is the same. The window blocks are timm's Swin ``WindowAttention`` (no
+shift) with the official no-bias qkv.
+
+Input sizes: any multiple of the stem's 4 pixels (``dynamic_img_pad=True`` pads others). The
+stride-2 blocks give ceil(H / 2), so only multiples of 32 give maps of exactly H/8, H/16, H/32.
+A window that does not divide its map is applied to the map zero-padded up to a multiple, the
+padded tokens masked out of the keys (timm's Swin instead shrinks the window to the map).
+"""
+from functools import partial
+from typing import Dict, List, Optional, Sequence, Set, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import ClassifierHead, DropPath, Mlp, calculate_drop_path_rates, to_2tuple, trunc_normal_
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models._features import feature_take_indices
+from timm.models._manipulate import checkpoint, named_apply
+from timm.models.swin_transformer import WindowAttention, window_partition, window_reverse
+
+from ..errors import check_choice
+from .qna import QnA, QnAMode, check_window
+
+__all__ = ['QnAViT', 'QnABlock', 'WindowAttentionBlock']
+
+GLOBAL_POOLS = ('avg', 'max', 'avgmax', '')
+STRIDE_STEM = 4
+
+
+class QnABlock(nn.Module):
+    """Pre-LN block: QnA token mixer and MLP. With stride 2 it halves the map and changes the width;
+    its skip is then a strided 1x1 projection and its mixing branch has no drop path (as the official)."""
+
+    def __init__(self, dim: int, out_dim: int, num_heads: int, kernel_size: int = 3, stride: int = 1,
+                 n_queries: int = 2, mode: QnAMode = 'conv', mlp_ratio: float = 4., drop_path: float = 0.,
+                 norm_layer=nn.LayerNorm, act_layer=nn.GELU):
+        super().__init__()
+        self.stride = stride
+        self.norm1 = norm_layer(dim)
+        self.attn = QnA(dim, out_dim, num_heads, kernel_size, stride, n_queries, mode)
+        self.skip = nn.Linear(dim, out_dim, bias=False) if stride != 1 or out_dim != dim else None
+        self.drop_path1 = DropPath(drop_path) if drop_path > 0. and self.skip is None else nn.Identity()
+        self.norm2 = norm_layer(out_dim)
+        self.mlp = Mlp(out_dim, int(out_dim * mlp_ratio), act_layer=act_layer)
+        self.drop_path2 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skip = x if self.skip is None else self.skip(x[:, ::self.stride, ::self.stride])  # 1x1 conv, stride s
+        x = skip + self.drop_path1(self.attn(self.norm1(x)))
+        return x + self.drop_path2(self.mlp(self.norm2(x)))
+
+
+class WindowAttentionBlock(nn.Module):
+    """Pre-LN block: self-attention inside non-overlapping windows (timm's Swin WindowAttention), MLP.
+
+    A map the window does not divide is zero-padded up to a multiple; padded tokens are masked out
+    of every window's keys, so the result is that of attention over the real tokens only.
+    """
+
+    def __init__(self, dim: int, num_heads: int, window_size: int = 7, mlp_ratio: float = 4.,
+                 drop_path: float = 0., norm_layer=nn.LayerNorm, act_layer=nn.GELU):
+        super().__init__()
+        if window_size < 1:
+            raise ValueError(f"window_size must be positive, got {window_size}")
+        self.window_size = to_2tuple(window_size)
+        self.norm1 = norm_layer(dim)
+        self.attn = WindowAttention(dim, num_heads, window_size=window_size, qkv_bias=False)
+        self.drop_path1 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
+        self.norm2 = norm_layer(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=act_layer)
+        self.drop_path2 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
+
+    def _padding_mask(self, height: int, width: int, like: torch.Tensor) -> Optional[torch.Tensor]:
+        """(windows, N, N) additive mask, -inf on padded keys; None when the window divides the map."""
+        (wh, ww), pad_h, pad_w = self.window_size, -height % self.window_size[0], -width % self.window_size[1]
+        if not pad_h and not pad_w:
+            return None
+        real = like.new_zeros(1, height + pad_h, width + pad_w, 1, dtype=torch.bool)
+        real[:, :height, :width] = True
+        keys = window_partition(real, self.window_size).reshape(-1, 1, wh * ww)
+        return like.new_zeros(keys.shape).masked_fill(~keys, float('-inf')).expand(-1, wh * ww, -1)
+
+    def _attend(self, x: torch.Tensor) -> torch.Tensor:
+        B, H, W, C = x.shape
+        wh, ww = self.window_size
+        mask = self._padding_mask(H, W, x)
+        x = F.pad(x, (0, 0, 0, -W % ww, 0, -H % wh))
+        Hp, Wp = x.shape[1:3]
+        windows = self.attn(window_partition(x, self.window_size).reshape(-1, wh * ww, C), mask)
+        return window_reverse(windows.view(-1, wh, ww, C), self.window_size, Hp, Wp)[:, :H, :W]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_path1(self._attend(self.norm1(x)))
+        return x + self.drop_path2(self.mlp(self.norm2(x)))
+
+
+class QnAStage(nn.Module):
+    """Optional stride-2 QnA block (from the previous stage's width), window blocks, then QnA blocks."""
+
+    def __init__(self, in_dim: int, dim: int, downsample: Optional[Tuple[int, int]], window_depth: int,
+                 window_heads: int, window_size: int, qna_depth: int, qna_heads: int, kernel_size: int,
+                 drop_path: Sequence[float], block_kwargs: Dict):
+        super().__init__()
+        drop_path = list(drop_path)
+        self.downsample = nn.Identity() if downsample is None else QnABlock(
+            in_dim, dim, num_heads=downsample[0], kernel_size=downsample[1], stride=2,
+            drop_path=drop_path.pop(0), **block_kwargs)
+        mlp_kwargs = {k: block_kwargs[k] for k in ('mlp_ratio', 'norm_layer', 'act_layer')}
+        self.blocks = nn.Sequential(
+            *[WindowAttentionBlock(dim, window_heads, window_size, drop_path=drop_path.pop(0), **mlp_kwargs)
+              for _ in range(window_depth)],
+            *[QnABlock(dim, dim, qna_heads, kernel_size, drop_path=drop_path.pop(0), **block_kwargs)
+              for _ in range(qna_depth)])
+        self.grad_checkpointing = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.downsample(x)
+        for block in self.blocks:
+            x = checkpoint(block, x) if self.grad_checkpointing and not torch.jit.is_scripting() else block(x)
+        return x
+
+
+def _per_stage(name: str, value: Union[int, Sequence[int]], stages: int) -> List[int]:
+    values = [value] * stages if isinstance(value, int) else list(value)
+    if len(values) != stages:
+        raise ValueError(f"{name} needs one value per stage ({stages}), got {value!r}")
+    return values
+
+
+class QnAViT(nn.Module):
+    """QnA-ViT backbone and classifier with the timm model API (see the module docstring).
+
+    Args:
+        embed_dim: width of stage 1; each later stage doubles it.
+        qna_depths / window_depths: QnA and window-attention blocks per stage (the stride-2 blocks
+            between stages come on top).
+        qna_heads / window_heads: heads per stage; the stride-2 block into stage i has twice stage
+            i-1's QnA heads, and its kernel size.
+        window_sizes: window side per stage; kernel_size: QnA window side (odd), one or per stage.
+        n_queries: learned queries per QnA head; qna_mode: 'conv' (efficient) or 'naive' (reference).
+    """
+
+    def __init__(
+            self,
+            img_size: Union[int, Tuple[int, int]] = 224,
+            in_chans: int = 3,
+            num_classes: int = 1000,
+            global_pool: str = 'avg',
+            embed_dim: int = 64,
+            qna_depths: Sequence[int] = (2, 3, 2, 0),
+            qna_heads: Sequence[int] = (8, 16, 32, 64),
+            window_depths: Sequence[int] = (0, 0, 4, 2),
+            window_heads: Sequence[int] = (2, 4, 8, 16),
+            window_sizes: Sequence[int] = (7, 7, 14, 7),
+            kernel_size: Union[int, Sequence[int]] = 3,
+            n_queries: int = 2,
+            qna_mode: QnAMode = 'conv',
+            mlp_ratio: float = 4.,
+            dynamic_img_pad: bool = False,
+            drop_rate: float = 0.,
+            drop_path_rate: float = 0.,
+            norm_layer=None,
+            act_layer=None,
+    ):
+        super().__init__()
+        check_choice('global_pool', global_pool, GLOBAL_POOLS)
+        stages = len(qna_depths)
+        qna_heads, window_depths, window_heads, window_sizes, kernel_sizes = (
+            _per_stage(name, value, stages) for name, value in (
+                ('qna_heads', qna_heads), ('window_depths', window_depths), ('window_heads', window_heads),
+                ('window_sizes', window_sizes), ('kernel_size', kernel_size)))
+        for k in kernel_sizes:
+            check_window(k, 1)
+        norm_layer = norm_layer or partial(nn.LayerNorm, eps=1e-6)
+        act_layer = act_layer or nn.GELU
+        dims = [embed_dim * 2 ** i for i in range(stages)]
+        self.num_classes, self.in_chans, self.dynamic_img_pad = num_classes, in_chans, dynamic_img_pad
+        self.img_size = to_2tuple(img_size)
+        self.num_features = self.head_hidden_size = dims[-1]
+
+        self.stem = nn.Conv2d(in_chans, embed_dim, STRIDE_STEM, stride=STRIDE_STEM, bias=False)
+        depths = [q + w + (i > 0) for i, (q, w) in enumerate(zip(qna_depths, window_depths))]
+        dpr = calculate_drop_path_rates(drop_path_rate, sum(depths))
+        block_kwargs = dict(n_queries=n_queries, mode=qna_mode, mlp_ratio=mlp_ratio, norm_layer=norm_layer,
+                            act_layer=act_layer)
+        self.stages = nn.Sequential(*[
+            QnAStage(
+                dims[max(i - 1, 0)], dims[i], None if i == 0 else (2 * qna_heads[i - 1], kernel_sizes[i - 1]),
+                window_depths[i], window_heads[i], window_sizes[i], qna_depths[i], qna_heads[i], kernel_sizes[i],
+                dpr[sum(depths[:i]):sum(depths[:i + 1])], block_kwargs)
+            for i in range(stages)])
+        self.feature_info = [dict(num_chs=dims[i], reduction=STRIDE_STEM * 2 ** i, module=f'stages.{i}')
+                             for i in range(stages)]
+        self.norm = norm_layer(self.num_features)
+        self.head = ClassifierHead(self.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate,
+                                   input_fmt='NHWC')
+        named_apply(_init_weights, self)
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> Set[str]:
+        """Queries, position biases and offset weights (as timm's Swin exempts its bias tables)."""
+        exempt = ('.query', '.rel_pos_bias', '.attn_scale', '.relative_position_bias_table')
+        return {name for name, _ in self.named_parameters() if name.endswith(exempt)}
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> Dict:
+        return dict(
+            stem=r'^stem',
+            blocks=r'^stages\.(\d+)' if coarse else [
+                (r'^stages\.(\d+)\.downsample', (0,)),
+                (r'^stages\.(\d+)\.blocks\.(\d+)', None),
+                (r'^norm', (99999,)),
+            ],
+        )
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        for stage in self.stages:
+            stage.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        if global_pool is not None:
+            check_choice('global_pool', global_pool, GLOBAL_POOLS)
+        self.num_classes = num_classes
+        self.head.reset(num_classes, pool_type=global_pool)
+
+    def set_qna_mode(self, mode: QnAMode) -> None:
+        """Switch every QnA layer to the 'conv' or 'naive' form; weights are untouched."""
+        for module in self.modules():
+            if isinstance(module, QnA):
+                module.set_mode(mode)
+
+    def _stem(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 4 or x.shape[1] != self.in_chans:
+            raise ValueError(f"QnA-ViT expects images shaped [batch, {self.in_chans}, height, width], "
+                             f"got {list(x.shape)}")
+        h, w = x.shape[-2:]
+        if h % STRIDE_STEM or w % STRIDE_STEM:
+            if not self.dynamic_img_pad:
+                raise ValueError(
+                    f"input size {h}x{w} is not a multiple of the {STRIDE_STEM}-pixel stem: resize or pad the image "
+                    f"to e.g. {-(-h // STRIDE_STEM) * STRIDE_STEM}x{-(-w // STRIDE_STEM) * STRIDE_STEM}, or create "
+                    f"the model with dynamic_img_pad=True to pad automatically")
+            x = F.pad(x, (0, -w % STRIDE_STEM, 0, -h % STRIDE_STEM))
+        return self.stem(x).permute(0, 2, 3, 1)  # NHWC from here on
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The final NHWC map [B, H/32, W/32, C], normalised."""
+        return self.norm(self.stages(self._stem(x)))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        return self.head(x, pre_logits=pre_logits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def forward_intermediates(
+            self,
+            x: torch.Tensor,
+            indices: Optional[Union[int, List[int]]] = None,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = 'NCHW',
+            intermediates_only: bool = False,
+    ):
+        """Stage outputs, as timm's Swin: indices are stages (last n if int, all if None).
+
+        Maps are [B, C, H/s, W/s] ('NCHW') or [B, H/s, W/s, C] ('NHWC'); ``norm`` applies the final
+        norm to the last stage's. Returns the list if ``intermediates_only``, else (final features, list).
+        """
+        if output_fmt not in ('NCHW', 'NHWC'):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        x = self._stem(x)
+        stages = self.stages[:max_index + 1] if stop_early else self.stages
+        last = len(self.stages) - 1
+        intermediates = []
+        for i, stage in enumerate(stages):
+            x = stage(x)
+            if i in take_indices:
+                y = self.norm(x) if norm and i == last else x
+                intermediates.append(y.permute(0, 3, 1, 2).contiguous() if output_fmt == 'NCHW' else y)
+        if intermediates_only:
+            return intermediates
+        return self.norm(x), intermediates
+
+    def prune_intermediate_layers(
+            self,
+            indices: Union[int, List[int]] = 1,
+            prune_norm: bool = False,
+            prune_head: bool = True,
+    ) -> List[int]:
+        """Drop the stages after the last wanted one (and optionally norm and head)."""
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        self.stages = self.stages[:max_index + 1]
+        if prune_norm:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0, '')
+        return take_indices
+
+
+def _init_weights(module: nn.Module, name: str = '') -> None:
+    """timm's Swin init: truncated-normal linears, zero biases (QnA's own parameters: its reset_parameters)."""
+    if isinstance(module, nn.Linear):
+        trunc_normal_(module.weight, std=.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+
+def _cfg(**kwargs):
+    return {
+        'url': '',
+        'num_classes': 1000,
+        'input_size': (3, 224, 224),
+        'pool_size': (7, 7),
+        'crop_pct': 0.875,
+        'interpolation': 'bicubic',
+        'fixed_input_size': False,
+        'mean': IMAGENET_DEFAULT_MEAN,
+        'std': IMAGENET_DEFAULT_STD,
+        'first_conv': 'stem',
+        'classifier': 'head.fc',
+        'license': 'apache-2.0',
+        **kwargs,
+    }
+
+
+default_cfgs = generate_default_cfgs({
+    'qna_vit_tiny': _cfg(),
+    'qna_vit_small': _cfg(),
+    'qna_vit_base': _cfg(),
+})
+
+
+def _create_qna_vit(variant: str, pretrained: bool = False, **kwargs) -> QnAViT:
+    out_indices = kwargs.pop('out_indices', (0, 1, 2, 3))
+    return build_model_with_cfg(
+        QnAViT, variant, pretrained, feature_cfg=dict(out_indices=out_indices, feature_cls='getter'), **kwargs)
+
+
+@register_model
+def qna_vit_tiny(pretrained: bool = False, **kwargs) -> QnAViT:
+    """QnA-ViT-T (widths 64-512; paper: 16M parameters, 2.5 GFLOPs, 81.7% ImageNet top-1)."""
+    model_args = dict(embed_dim=64, qna_depths=(2, 3, 2, 0), qna_heads=(8, 16, 32, 64), window_depths=(0, 0, 4, 2),
+                      window_heads=(2, 4, 8, 16), drop_path_rate=0.05)
+    return _create_qna_vit('qna_vit_tiny', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def qna_vit_small(pretrained: bool = False, **kwargs) -> QnAViT:
+    """QnA-ViT-S (widths 64-512, 12 window blocks in stage 3; paper: 25M, 4.4 GFLOPs, 83.2%)."""
+    model_args = dict(embed_dim=64, qna_depths=(2, 3, 6, 0), qna_heads=(8, 16, 32, 64), window_depths=(0, 0, 12, 2),
+                      window_heads=(2, 4, 8, 16), drop_path_rate=0.2)
+    return _create_qna_vit('qna_vit_small', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def qna_vit_base(pretrained: bool = False, **kwargs) -> QnAViT:
+    """QnA-ViT-B (widths 96-768; paper: 56M, 9.7 GFLOPs, 83.9%)."""
+    model_args = dict(embed_dim=96, qna_depths=(2, 3, 6, 0), qna_heads=(6, 12, 24, 48), window_depths=(0, 0, 12, 2),
+                      window_heads=(3, 6, 12, 24), drop_path_rate=0.5)
+    return _create_qna_vit('qna_vit_base', pretrained=pretrained, **dict(model_args, **kwargs))
