@@ -1,12 +1,17 @@
-"""ViTDet-style simple feature pyramid, so a plain (single-stride) ViR/ViT feeds torchvision detectors.
+"""Feature pyramids that feed torchvision's detectors from a timm ``features_only`` backbone.
 
-From the last backbone map (stride p) it builds maps at scales 4, 2, 1 and 0.5 (strides p/4 ...
-2p) with deconvolutions / max-pooling, each followed by 1x1 and 3x3 convolutions with
-LayerNorm (Li et al., "Exploring Plain Vision Transformer Backbones for Object Detection"),
-plus the max-pooled extra level ('pool') of torchvision's FPN (its ``LastLevelMaxPool``).
-torchvision has only the multi-input FPN, hence this module. The output is the OrderedDict with ``out_channels`` that
-torchvision's FasterRCNN / RetinaNet / FCOS expect (keys '0'..'3' and 'pool').
-``create_detector`` puts one of those detectors on top.
+* ``SimpleFeaturePyramid`` (ViTDet, Li et al., "Exploring Plain Vision Transformer Backbones for
+  Object Detection"), for plain backbones (every map at one stride p, as ViR and ViT): from the
+  last map it builds maps at scales 4, 2, 1 and 0.5 (strides p/4 ... 2p) with deconvolutions /
+  max-pooling, each followed by 1x1 and 3x3 convolutions with LayerNorm. torchvision has only the
+  multi-input FPN, hence this module.
+* ``HierarchicalFeaturePyramid``, for maps at growing strides (QnA-ViT, Swin, ConvNeXt):
+  torchvision's own ``FeaturePyramidNetwork`` over the last four maps.
+
+Both add the max-pooled extra level ('pool', torchvision's ``LastLevelMaxPool``) and return the
+OrderedDict with ``out_channels`` that torchvision's FasterRCNN / RetinaNet / FCOS expect (keys
+'0'..'3' and 'pool'). ``create_detector`` picks the pyramid from the backbone's strides and puts
+one of those detectors on top.
 """
 import math
 from collections import OrderedDict
@@ -20,7 +25,7 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import MultiScaleRoIAlign
-from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool
 from torchvision.ops.poolers import initLevelMapper
 
 from vir_lightning.errors import check_choice
@@ -78,6 +83,29 @@ class SimpleFeaturePyramid(nn.Module):
         return OrderedDict((name, level.float()) for name, level in zip(names, maps))  # see FullPrecision
 
 
+class HierarchicalFeaturePyramid(nn.Module):
+    """torchvision's FPN (lateral 1x1, top-down sum, 3x3 outputs; pooled extra level) over the last
+    ``levels`` maps of a hierarchical timm features_only backbone."""
+
+    def __init__(self, backbone: nn.Module, out_channels: int = 256, levels: int = NUM_LEVELS - 1):
+        super().__init__()
+        channels, reductions = backbone.feature_info.channels(), backbone.feature_info.reduction()
+        if len(channels) < levels:
+            raise ValueError(f"a hierarchical backbone needs {levels} feature maps for the pyramid, got "
+                             f"{len(channels)} (strides {reductions}): set out_indices to {levels} stages")
+        self.body = backbone
+        self.levels = levels
+        self.strides = [float(r) for r in reductions[-levels:]] + [2.0 * reductions[-1]]
+        self.max_stride = round(self.strides[-1])
+        self.out_channels = out_channels
+        self.fpn = FeaturePyramidNetwork(channels[-levels:], out_channels, extra_blocks=LastLevelMaxPool())
+
+    def forward(self, images: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
+        maps = self.body(images)[-self.levels:]
+        levels = self.fpn(OrderedDict((str(i), m) for i, m in enumerate(maps)))
+        return OrderedDict((name, level.float()) for name, level in levels.items())  # see FullPrecision
+
+
 class FullPrecision(nn.Module):
     """Runs a detector head with autocast off.
 
@@ -132,7 +160,8 @@ def create_detector(
         name: DetectorName, backbone: nn.Module, num_classes: int, pyramid_channels: int = 256,
         anchor_sizes: Optional[Sequence[int]] = None, detections_per_image: int = 100,
         box_head_size: int = 1024, **kwargs) -> nn.Module:
-    """A torchvision detector on a simple feature pyramid over ``backbone`` (a timm features_only model).
+    """A torchvision detector on a feature pyramid over ``backbone`` (a timm features_only model): the
+    simple one (ViTDet) when its maps share one stride, torchvision's FPN when they come at growing strides.
 
     Args:
         name: 'faster_rcnn' (two-stage), 'retinanet' or 'fcos' (single-stage).
@@ -150,7 +179,8 @@ def create_detector(
         raise ValueError(f"set the detection limit with detections_per_image, not {DETECTIONS_PER_IMAGE[name]} "
                          f"(the mAP evaluation counts the same number)")
     kwargs[DETECTIONS_PER_IMAGE[name]] = detections_per_image
-    pyramid = SimpleFeaturePyramid(backbone, out_channels=pyramid_channels)
+    hierarchical = len(set(backbone.feature_info.reduction())) > 1
+    pyramid = (HierarchicalFeaturePyramid if hierarchical else SimpleFeaturePyramid)(backbone, pyramid_channels)
     if anchor_sizes is not None:
         kwargs['anchor_generator'] = _anchor_generator(name, anchor_sizes)
     detector = DETECTORS[name](pyramid, num_classes=num_classes + 1, **kwargs)

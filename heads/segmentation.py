@@ -1,15 +1,16 @@
 """Semantic-segmentation heads over a list of backbone feature maps [B, C_i, H/p, W/p].
 
-``UPerNet`` is the mmsegmentation ViT recipe built from mmseg's own classes (MultiLevelNeck,
-UPerHead, FCNHead); ``LinearSegHead`` is the light alternative (BatchNorm + 1x1 conv on the
+``UPerNet`` is mmsegmentation's UPerNet built from mmseg's own classes (MultiLevelNeck for plain
+backbones, UPerHead, FCNHead); ``LinearSegHead`` is the light alternative (BatchNorm + 1x1 conv on the
 concatenated, upsampled maps). Both return ``(logits, aux_logits or None)`` at 1/4 (UPerNet)
 or 1/p (linear) of the input resolution; the task upsamples and computes the losses.
 """
-from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple, get_args
+from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple, Union, get_args
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_warn
 
 from vir_lightning.errors import check_choice
 
@@ -22,47 +23,68 @@ def _mmseg_loss_cfg() -> dict:
 
 
 class UPerNet(nn.Module):
-    """MultiLevelNeck (rescales ViT features to strides 4, 8, 16, 32) + UPerHead + auxiliary FCNHead.
+    """mmseg's UPerHead + auxiliary FCNHead, behind a MultiLevelNeck for plain backbones.
+
+    A plain backbone (every map at one stride, as a ViT or ViR) gets mmseg's ViT recipe: the neck
+    rescales its maps to strides 4, 8, 16, 32. Maps already at growing strides (Swin, ConvNeXt,
+    QnA-ViT) go straight into the UPerHead, as mmseg's Swin and ConvNeXt recipes.
 
     Args:
-        in_channels: channels of each backbone feature map (4 maps of one stride, as from a ViT).
+        in_channels: channels of each backbone feature map.
         num_classes: output classes.
-        neck_channels: channels after the neck (mmseg ViT recipe: the backbone width).
-        channels: UPerHead channels (512 in the recipe); aux_channels: FCNHead channels (256).
-        scales: neck rescale factors per map.
-        aux_index: which neck output feeds the auxiliary head (None: no auxiliary head).
+        strides: each map's stride (``feature_info.reduction()``); None: one stride (plain).
+        neck_channels: channels after the neck (mmseg ViT recipe: the backbone width); plain only.
+        channels: UPerHead channels (512 in the recipes); aux_channels: FCNHead channels (256).
+        scales: neck rescale factors per map; plain only.
+        aux_index: which map feeds the auxiliary head: 'auto' is the recipes' (3 after the neck,
+            2 of a hierarchical backbone); None: no auxiliary head.
     """
 
     def __init__(
             self,
             in_channels: Sequence[int],
             num_classes: int,
+            strides: Optional[Sequence[int]] = None,
             neck_channels: Optional[int] = None,
             channels: int = 512,
             aux_channels: int = 256,
-            scales: Sequence[float] = (4, 2, 1, 0.5),
-            aux_index: Optional[int] = 3,
+            scales: Optional[Sequence[float]] = None,
+            aux_index: Union[int, Literal['auto'], None] = 'auto',
             dropout: float = 0.1,
     ):
         super().__init__()
         from vir_lightning.mmseg import FCNHead, MultiLevelNeck, UPerHead  # mmseg loads only for this head
 
         in_channels = list(in_channels)
-        neck_channels = neck_channels or in_channels[-1]
         norm_cfg = dict(type='BN', requires_grad=True)  # Lightning's sync_batchnorm makes it SyncBN under DDP
-        self.neck = MultiLevelNeck(in_channels=in_channels, out_channels=neck_channels, scales=list(scales))
-        levels = len(scales)
+        plain = strides is None or len(set(strides)) == 1
+        if plain:
+            neck_channels = neck_channels or in_channels[-1]
+            scales = list(scales or (4, 2, 1, 0.5))
+            self.neck = MultiLevelNeck(in_channels=in_channels, out_channels=neck_channels, scales=scales)
+            in_channels = [neck_channels] * len(scales)
+        else:
+            ignored = [name for name, value in (('neck_channels', neck_channels), ('scales', scales)) if value]
+            if ignored:
+                rank_zero_warn(f"head_kwargs {', '.join(ignored)}: the backbone's maps come at strides "
+                               f"{list(strides)}, so UPerNet has no neck and ignores them")
+            self.neck = nn.Identity()
+        if aux_index == 'auto':
+            aux_index = 3 if plain else 2
+        levels = len(in_channels)
+        if aux_index is not None and not -levels <= aux_index < levels:
+            raise ValueError(f"aux_index {aux_index} is outside the head's {levels} maps")
         self.decode_head = UPerHead(
-            in_channels=[neck_channels] * levels, in_index=list(range(levels)), pool_scales=(1, 2, 3, 6),
+            in_channels=in_channels, in_index=list(range(levels)), pool_scales=(1, 2, 3, 6),
             channels=channels, dropout_ratio=dropout, num_classes=num_classes, norm_cfg=norm_cfg,
             align_corners=False, loss_decode=_mmseg_loss_cfg())
         self.aux_head = None if aux_index is None else FCNHead(
-            in_channels=neck_channels, in_index=aux_index, channels=aux_channels, num_convs=1,
+            in_channels=in_channels[aux_index], in_index=aux_index, channels=aux_channels, num_convs=1,
             concat_input=False, dropout_ratio=dropout, num_classes=num_classes, norm_cfg=norm_cfg,
             align_corners=False, loss_decode=_mmseg_loss_cfg())
 
     def forward(self, features: List[torch.Tensor]) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-        features = self.neck(list(features))
+        features = self.neck(list(features))  # nn.Identity passes the list through
         logits = self.decode_head(features)
         aux = self.aux_head(features) if self.aux_head is not None and self.training else None
         return logits, aux
@@ -86,8 +108,10 @@ class LinearSegHead(nn.Module):
 
 
 def create_segmentation_head(name: SegmentationHeadName, in_channels: List[int], num_classes: int,
-                             kwargs: Optional[Dict[str, Any]] = None) -> nn.Module:
-    """'uper' (UPerNet) or 'linear' (LinearSegHead) with its constructor's ``kwargs``."""
+                             kwargs: Optional[Dict[str, Any]] = None,
+                             strides: Optional[Sequence[int]] = None) -> nn.Module:
+    """'uper' (UPerNet, told the maps' ``strides``) or 'linear' (LinearSegHead) with its constructor's ``kwargs``."""
     check_choice('segmentation head', name, get_args(SegmentationHeadName))
-    head = UPerNet if name == 'uper' else LinearSegHead
-    return head(in_channels, num_classes, **(kwargs or {}))
+    if name == 'uper':
+        return UPerNet(in_channels, num_classes, strides=strides, **(kwargs or {}))
+    return LinearSegHead(in_channels, num_classes, **(kwargs or {}))

@@ -144,7 +144,7 @@ class QnAViT(nn.Module):
     """QnA-ViT backbone and classifier with the timm model API (see the module docstring).
 
     Args:
-        embed_dim: width of stage 1; each later stage doubles it.
+        dims: width per stage (the official configs double it per stage).
         qna_depths / window_depths: QnA and window-attention blocks per stage (the stride-2 blocks
             between stages come on top).
         qna_heads / window_heads: heads per stage; the stride-2 block into stage i has twice stage
@@ -159,7 +159,7 @@ class QnAViT(nn.Module):
             in_chans: int = 3,
             num_classes: int = 1000,
             global_pool: str = 'avg',
-            embed_dim: int = 64,
+            dims: Sequence[int] = (64, 128, 256, 512),
             qna_depths: Sequence[int] = (2, 3, 2, 0),
             qna_heads: Sequence[int] = (8, 16, 32, 64),
             window_depths: Sequence[int] = (0, 0, 4, 2),
@@ -177,21 +177,21 @@ class QnAViT(nn.Module):
     ):
         super().__init__()
         check_choice('global_pool', global_pool, GLOBAL_POOLS)
-        stages = len(qna_depths)
-        qna_heads, window_depths, window_heads, window_sizes, kernel_sizes = (
+        dims = list(dims)
+        stages = len(dims)
+        qna_depths, qna_heads, window_depths, window_heads, window_sizes, kernel_sizes = (
             _per_stage(name, value, stages) for name, value in (
-                ('qna_heads', qna_heads), ('window_depths', window_depths), ('window_heads', window_heads),
-                ('window_sizes', window_sizes), ('kernel_size', kernel_size)))
+                ('qna_depths', qna_depths), ('qna_heads', qna_heads), ('window_depths', window_depths),
+                ('window_heads', window_heads), ('window_sizes', window_sizes), ('kernel_size', kernel_size)))
         for k in kernel_sizes:
             check_window(k, 1)
         norm_layer = norm_layer or partial(nn.LayerNorm, eps=1e-6)
         act_layer = act_layer or nn.GELU
-        dims = [embed_dim * 2 ** i for i in range(stages)]
         self.num_classes, self.in_chans, self.dynamic_img_pad = num_classes, in_chans, dynamic_img_pad
-        self.img_size = to_2tuple(img_size)
+        self.img_size, self.patch_size = to_2tuple(img_size), to_2tuple(STRIDE_STEM)
         self.num_features = self.head_hidden_size = dims[-1]
 
-        self.stem = nn.Conv2d(in_chans, embed_dim, STRIDE_STEM, stride=STRIDE_STEM, bias=False)
+        self.stem = nn.Conv2d(in_chans, dims[0], STRIDE_STEM, stride=STRIDE_STEM, bias=False)
         depths = [q + w + (i > 0) for i, (q, w) in enumerate(zip(qna_depths, window_depths))]
         dpr = calculate_drop_path_rates(drop_path_rate, sum(depths))
         block_kwargs = dict(n_queries=n_queries, mode=qna_mode, mlp_ratio=mlp_ratio, norm_layer=norm_layer,
@@ -359,7 +359,7 @@ def _create_qna_vit(variant: str, pretrained: bool = False, **kwargs) -> QnAViT:
 @register_model
 def qna_vit_tiny(pretrained: bool = False, **kwargs) -> QnAViT:
     """QnA-ViT-T (widths 64-512; paper: 16M parameters, 2.5 GFLOPs, 81.7% ImageNet top-1)."""
-    model_args = dict(embed_dim=64, qna_depths=(2, 3, 2, 0), qna_heads=(8, 16, 32, 64), window_depths=(0, 0, 4, 2),
+    model_args = dict(dims=(64, 128, 256, 512), qna_depths=(2, 3, 2, 0), qna_heads=(8, 16, 32, 64), window_depths=(0, 0, 4, 2),
                       window_heads=(2, 4, 8, 16), drop_path_rate=0.05)
     return _create_qna_vit('qna_vit_tiny', pretrained=pretrained, **dict(model_args, **kwargs))
 
@@ -367,7 +367,7 @@ def qna_vit_tiny(pretrained: bool = False, **kwargs) -> QnAViT:
 @register_model
 def qna_vit_small(pretrained: bool = False, **kwargs) -> QnAViT:
     """QnA-ViT-S (widths 64-512, 12 window blocks in stage 3; paper: 25M, 4.4 GFLOPs, 83.2%)."""
-    model_args = dict(embed_dim=64, qna_depths=(2, 3, 6, 0), qna_heads=(8, 16, 32, 64), window_depths=(0, 0, 12, 2),
+    model_args = dict(dims=(64, 128, 256, 512), qna_depths=(2, 3, 6, 0), qna_heads=(8, 16, 32, 64), window_depths=(0, 0, 12, 2),
                       window_heads=(2, 4, 8, 16), drop_path_rate=0.2)
     return _create_qna_vit('qna_vit_small', pretrained=pretrained, **dict(model_args, **kwargs))
 
@@ -375,6 +375,6 @@ def qna_vit_small(pretrained: bool = False, **kwargs) -> QnAViT:
 @register_model
 def qna_vit_base(pretrained: bool = False, **kwargs) -> QnAViT:
     """QnA-ViT-B (widths 96-768; paper: 56M, 9.7 GFLOPs, 83.9%)."""
-    model_args = dict(embed_dim=96, qna_depths=(2, 3, 6, 0), qna_heads=(6, 12, 24, 48), window_depths=(0, 0, 12, 2),
+    model_args = dict(dims=(96, 192, 384, 768), qna_depths=(2, 3, 6, 0), qna_heads=(6, 12, 24, 48), window_depths=(0, 0, 12, 2),
                       window_heads=(3, 6, 12, 24), drop_path_rate=0.5)
     return _create_qna_vit('qna_vit_base', pretrained=pretrained, **dict(model_args, **kwargs))

@@ -12,7 +12,7 @@ from ..checkpoints import TASK_KEY
 from ..distributed import destroy_process_group_at_exit
 from ..errors import UserError, check_choice
 from ..models.retention import RETENTION_MODES, RetentionMode
-from .backbone import patch_size, timm_model
+from .backbone import pads_inputs, patch_size, timm_model
 from .optim import Schedule, build_optimizer, build_scheduler, param_groups
 
 
@@ -107,8 +107,7 @@ class VisionTask(L.LightningModule):
             self.backbone.compile()
 
     def _check_image_size(self, image_size: Optional[int]) -> None:
-        model = timm_model(self.backbone)
-        if image_size is None or getattr(getattr(model, 'patch_embed', None), 'dynamic_img_pad', False):
+        if image_size is None or pads_inputs(self.backbone):
             return
         patch = patch_size(self.backbone)
         if image_size % patch:

@@ -1,4 +1,4 @@
-"""Object detection: a timm backbone's last map, a simple feature pyramid and a torchvision detector."""
+"""Object detection: a timm backbone, a feature pyramid (ViTDet's simple one or torchvision's FPN) and a torchvision detector."""
 import importlib.util
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -18,12 +18,15 @@ def to_file_pixels(boxes: torch.Tensor, target: Dict[str, torch.Tensor]) -> torc
 
 
 class DetectionTask(VisionTask):
-    """torchvision Faster R-CNN / RetinaNet / FCOS on a ViTDet simple feature pyramid; COCO mAP.
+    """torchvision Faster R-CNN / RetinaNet / FCOS on a feature pyramid; COCO mAP.
+
+    Plain backbones (ViR, ViT) feed their last map to a ViTDet simple feature pyramid; hierarchical
+    ones (QnA-ViT, Swin, ConvNeXt) their last four stages to torchvision's FeaturePyramidNetwork.
 
     Args:
         backbone, backbone_kwargs: timm model name and ``create_model`` arguments; created with
-            ``features_only=True`` and the last block as ``out_indices`` (a timm ViT needs
-            ``dynamic_img_size: true`` for images of varying size).
+            ``features_only=True`` and its last four maps (a timm ViT needs ``dynamic_img_size: true``
+            for images of varying size).
         detector: the torchvision detector; detector_kwargs go to its torchvision constructor
             (box_score_thresh, rpn_post_nms_top_n_test, score_thresh, ...).
         pyramid_channels: channels of every pyramid level (256 in ViTDet).
@@ -61,7 +64,7 @@ class DetectionTask(VisionTask):
                             f"pip install {map_backend.replace('_', '-')}")
         self.class_names = list(class_names) if class_names else [str(i) for i in range(1, num_classes + 1)]
         self.category_ids = list(category_ids) if category_ids else list(range(1, num_classes + 1))
-        body = create_backbone(backbone, backbone_kwargs, features_only=True, out_indices=(-1,))
+        body = create_backbone(backbone, backbone_kwargs, features_only=True, out_indices=4)
         try:
             self.detector = create_detector(detector, body, num_classes, pyramid_channels, anchor_sizes,
                                             detections_per_image, box_head_size, **(detector_kwargs or {}))

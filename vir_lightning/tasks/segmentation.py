@@ -1,5 +1,5 @@
 """Semantic segmentation: a timm backbone's intermediate maps, a head from ``heads``, mIoU/mAcc/aAcc."""
-from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Literal, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -23,8 +23,11 @@ class SegmentationTask(VisionTask):
     Args:
         backbone, backbone_kwargs: timm model name and ``create_model`` arguments; the backbone is
             created with ``features_only=True`` and ``out_indices``.
-        out_indices: blocks whose outputs feed the head (mmseg ViT recipe: 4 maps).
-        head: 'uper' (mmseg MultiLevelNeck + UPerHead + FCNHead) or 'linear'; head_kwargs to its constructor.
+        out_indices: the blocks (plain backbones: ViR, ViT) or stages (hierarchical ones: QnA-ViT,
+            Swin, ConvNeXt) whose maps feed the head, timm's way: an int n takes the last n, a list
+            names them (the ViT-B recipes: [3, 5, 7, 11]).
+        head: 'uper' (mmseg UPerHead + FCNHead, behind a MultiLevelNeck when all maps share one stride)
+            or 'linear'; head_kwargs to its constructor.
         num_classes, class_names, palette, ignore_index: linked from the DataModule by the CLI
             (without a DataModule: class indices as names, fixed random colours, 255).
         aux_weight: weight of the auxiliary head's loss (0.4 in mmseg).
@@ -37,7 +40,7 @@ class SegmentationTask(VisionTask):
             self,
             backbone: str = 'vir_base_patch16_224',
             backbone_kwargs: Optional[Dict[str, Any]] = None,
-            out_indices: Sequence[int] = (3, 5, 7, 11),
+            out_indices: Union[int, List[int]] = 4,
             head: SegmentationHeadName = 'uper',
             head_kwargs: Optional[Dict[str, Any]] = None,
             num_classes: int = 150,
@@ -54,11 +57,13 @@ class SegmentationTask(VisionTask):
         self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
         self.palette = [tuple(c) for c in palette] if palette else default_palette(num_classes)
         self.ignore_index = ignore_index
-        self.backbone = create_backbone(backbone, backbone_kwargs, features_only=True, out_indices=tuple(out_indices))
+        out_indices = out_indices if isinstance(out_indices, int) else tuple(out_indices)
+        self.backbone = create_backbone(backbone, backbone_kwargs, features_only=True, out_indices=out_indices)
         self.patch_size = patch_size(self.backbone)
         try:
-            self.head = create_segmentation_head(head, self.backbone.feature_info.channels(), num_classes, head_kwargs)
-        except TypeError as error:
+            self.head = create_segmentation_head(head, self.backbone.feature_info.channels(), num_classes, head_kwargs,
+                                                 strides=self.backbone.feature_info.reduction())
+        except (TypeError, ValueError) as error:
             raise UserError(f"--model.head_kwargs: {error}") from error
         self.criterion = nn.CrossEntropyLoss(ignore_index=ignore_index)
         metrics = MetricCollection({
