@@ -1,8 +1,11 @@
 """timm-style tests of every registered model family, parametrised over ``timm.list_models``.
 
-Each model is built at its own width and head count but only 2 blocks deep (the blocks are
-identical, so depth changes nothing these tests look at), on a 64 x 96 input.
+Each model is built at its own widths and head counts but shallow (ViR: 2 blocks; QnA-ViT: one
+block of each kind per stage; the blocks repeat, so depth changes nothing these tests look at),
+on a 64 x 96 input.
 """
+import math
+
 import pytest
 import timm
 import torch
@@ -10,19 +13,26 @@ from timm.models._features_fx import create_feature_extractor, get_graph_node_na
 
 import vir_lightning  # noqa: F401  (registers the models)
 
-MODELS = timm.list_models('vir_*')
-DEPTH = 2
+MODELS = timm.list_models('vir_*') + timm.list_models('qna_vit_*')
+SHALLOW = {
+    'vir': dict(depth=2),
+    'qna': dict(qna_depths=(1, 1, 1, 0), window_depths=(0, 0, 1, 1)),
+}
 SIZE = (64, 96)
 
 
 def test_every_family_is_registered():
-    assert {'vir_tiny_patch16_224', 'vir_small_patch16_224', 'vir_base_patch16_224', 'vir_large_patch16_224'} \
-        <= set(MODELS)
+    assert {'vir_tiny_patch16_224', 'vir_small_patch16_224', 'vir_base_patch16_224', 'vir_large_patch16_224',
+            'qna_vit_tiny', 'qna_vit_small', 'qna_vit_base'} <= set(MODELS)
+
+
+def _family(name):
+    return name.split('_')[0]
 
 
 def _model(name, **kwargs):
     torch.manual_seed(0)
-    return timm.create_model(name, depth=DEPTH, num_classes=7, **kwargs)
+    return timm.create_model(name, num_classes=7, **SHALLOW[_family(name)], **kwargs)
 
 
 def _input(batch=2):
@@ -34,9 +44,16 @@ def model(request):
     return _model(request.param).eval()
 
 
-def _tokens(model):
+def _is_hierarchical(model):
+    return hasattr(model, 'stages')
+
+
+def _features_shape(model):
+    """forward_features: ViR [B, tokens + prefix, C]; QnA-ViT the last NHWC map [B, H/32, W/32, C]."""
+    if _is_hierarchical(model):
+        return (2, math.ceil(SIZE[0] / 32), math.ceil(SIZE[1] / 32), model.num_features)
     patch = model.patch_embed.patch_size
-    return (SIZE[0] // patch[0]) * (SIZE[1] // patch[1])
+    return (2, (SIZE[0] // patch[0]) * (SIZE[1] // patch[1]) + model.num_prefix_tokens, model.num_features)
 
 
 def test_forward_backward(model):
@@ -61,12 +78,13 @@ def test_forward_features_and_head(model):
         pre_logits = model.forward_head(features, pre_logits=True)
         logits = model.forward_head(features)
         assert torch.allclose(logits, model(x), atol=1e-5)
-    assert features.shape == (2, _tokens(model) + model.num_prefix_tokens, model.num_features)
+    assert features.shape == _features_shape(model)
     assert pre_logits.shape == (2, model.num_features) and logits.shape == (2, 7)
 
 
-def test_reset_classifier():
-    model = _model(MODELS[0]).eval()
+@pytest.mark.parametrize('name', [timm.list_models('vir_*')[0], timm.list_models('qna_vit_*')[0]])
+def test_reset_classifier(name):
+    model = _model(name).eval()
     model.reset_classifier(0)
     with torch.no_grad():
         assert model(_input()).shape == (2, model.num_features)
@@ -76,26 +94,45 @@ def test_reset_classifier():
     assert model.get_classifier().out_features == 3
 
 
-@pytest.mark.parametrize('output_fmt', ['NCHW', 'NLC'])
+@pytest.mark.parametrize('output_fmt', ['NCHW', 'channels_last'])
 def test_forward_intermediates(model, output_fmt):
     x = _input()
-    grid = (SIZE[0] // model.patch_embed.patch_size[0], SIZE[1] // model.patch_embed.patch_size[1])
+    if output_fmt == 'channels_last':  # ViR's tokens or QnA-ViT's NHWC maps
+        output_fmt = 'NHWC' if _is_hierarchical(model) else 'NLC'
     with torch.no_grad():
         final, intermediates = model.forward_intermediates(x, output_fmt=output_fmt)
         assert torch.allclose(final, model.forward_features(x), atol=1e-5)
-    assert len(intermediates) == DEPTH
-    expected = (2, model.num_features, *grid) if output_fmt == 'NCHW' else (2, grid[0] * grid[1], model.num_features)
-    assert all(t.shape == expected for t in intermediates)
+    if _is_hierarchical(model):
+        grids = [(math.ceil(SIZE[0] / r), math.ceil(SIZE[1] / r)) for r in (4, 8, 16, 32)]
+        channels = [i['num_chs'] for i in model.feature_info]
+    else:
+        patch = model.patch_embed.patch_size
+        grids = [(SIZE[0] // patch[0], SIZE[1] // patch[1])] * len(model.blocks)
+        channels = [model.num_features] * len(model.blocks)
+    assert len(intermediates) == len(grids)
+    for t, (gh, gw), c in zip(intermediates, grids, channels):
+        expected = {'NCHW': (2, c, gh, gw), 'NHWC': (2, gh, gw, c), 'NLC': (2, gh * gw, c)}[output_fmt]
+        assert t.shape == expected
 
 
 def test_features_only_matches_feature_info():
     for name in MODELS:
-        model = timm.create_model(name, depth=DEPTH, features_only=True, out_indices=(0, 1)).eval()
+        model = timm.create_model(name, **SHALLOW[_family(name)], features_only=True, out_indices=(0, 1)).eval()
         with torch.no_grad():
             maps = model(_input())
-        patch = model.feature_info.reduction()
         assert [tuple(m.shape) for m in maps] == [
-            (2, c, SIZE[0] // r, SIZE[1] // r) for c, r in zip(model.feature_info.channels(), patch)]
+            (2, c, SIZE[0] // r, SIZE[1] // r)
+            for c, r in zip(model.feature_info.channels(), model.feature_info.reduction())]
+
+
+def test_qna_features_only_gives_four_maps_at_strides_4_to_32():
+    for name in timm.list_models('qna_vit_*'):
+        model = timm.create_model(name, **SHALLOW['qna'], features_only=True).eval()
+        assert model.feature_info.reduction() == [4, 8, 16, 32]
+        with torch.no_grad():
+            maps = model(_input(1))
+        assert [m.shape[1] for m in maps] == model.feature_info.channels()
+        assert [m.shape[-2:] for m in maps] == [(SIZE[0] // r, SIZE[1] // r) for r in (4, 8, 16, 32)]
 
 
 def test_default_cfg_names_the_state_dict(model):
@@ -104,6 +141,34 @@ def test_default_cfg_names_the_state_dict(model):
     assert f"{cfg['classifier']}.weight" in state and f"{cfg['first_conv']}.weight" in state
     assert state[f"{cfg['first_conv']}.weight"].shape[1] == cfg['input_size'][0]
     assert state[f"{cfg['classifier']}.weight"].shape[0] == model.num_classes
+
+
+def test_no_weight_decay_names_parameters(model):
+    names = dict(model.named_parameters())
+    exempt = model.no_weight_decay()
+    assert exempt and exempt <= set(names)
+
+
+def test_group_matcher_covers_every_parameter(model):
+    from timm.models._manipulate import group_parameters
+    groups = group_parameters(model, model.group_matcher(coarse=False))
+    grouped = {name for names in groups.values() for name in names}
+    assert grouped == {name for name, _ in model.named_parameters()}
+    assert len(groups) > 2  # stem, blocks..., final norm
+
+
+def test_grad_checkpointing_gives_the_same_gradients(model):
+    x = _input()
+    grads = []
+    for enable in (False, True):
+        model.set_grad_checkpointing(enable)
+        model.zero_grad(set_to_none=True)
+        model(x).square().sum().backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    model.set_grad_checkpointing(False)
+    model.zero_grad(set_to_none=True)
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-4, atol=1e-6)
 
 
 def test_fx_traces_through_timms_feature_extractor(model):

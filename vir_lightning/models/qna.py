@@ -21,12 +21,14 @@ Two forms compute the same numbers (``mode``):
   window is ever unfolded.
 
 Numerics, beyond the official layer (which takes exp of the raw scores in the compute dtype, so a
-score above 88 overflows float32, above 11 float16): the scores are shifted by their maximum over
-the image per (query, head) and the biases by theirs per (query, head), constants shared by every
-window, which the softmax ratio cancels exactly; and the attention runs in float32 (float64 for
-float64 inputs) with autocast off, so bf16/fp16 training cannot overflow. A window whose every score
-lies more than ~100 below the image's best one underflows to an all-zero denominator; it is clamped
-and that window's output is 0 (the official form is NaN there and far earlier).
+score above 88 overflows float32, above 11 float16): the attention runs in float32 (float64 for
+float64 inputs) with autocast off, and the conv form shifts the scores by their maximum over the
+image per (query, head) and the biases by theirs, constants shared by every window that the softmax
+ratio cancels exactly. No exponent then exceeds 0, so nothing overflows. When an image's scores span
+more than float32's exponent range can hold for every window (``SAFE_SPAN``, far beyond anything a
+trained layer on normalised inputs produces), the layer computes that call with the naive form,
+whose per-window softmax is exact at any range; under tracing (FX, torch.export, torch.compile),
+where that check cannot branch, windows that far below the image's best score come out as 0.
 """
 import math
 from typing import Literal, Optional, get_args
@@ -34,7 +36,7 @@ from typing import Literal, Optional, get_args
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import trunc_normal_
+from timm.layers import register_notrace_module, trunc_normal_
 
 from ..errors import check_choice
 
@@ -54,10 +56,24 @@ def check_window(kernel_size: int, stride: int) -> None:
         raise ValueError(f"QnA stride must be 1 or 2 (2 halves the map), got {stride!r}")
 
 
+SAFE_SPAN = {torch.float32: 80., torch.float64: 700.}  # exp(-span) stays a normal number, with room for k^2 terms
+
+
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
+def _tracing() -> bool:
+    return torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.jit.is_tracing()
+
+
+def _span(scores: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """Largest range of score + bias exponents that one (image, query, head) hands the conv form."""
+    score_span = (scores.amax(dim=(2, 3)) - scores.amin(dim=(2, 3))).amax()
+    return score_span + (bias.amax(dim=(1, 2)) - bias.amin(dim=(1, 2))).amax()
+
+
+@register_notrace_module  # FX: the map-size check and the form are chosen in Python
 class QnA(nn.Module):
     """Learned-query local attention over NHWC maps: [B, H, W, dim] -> [B, H', W', out_dim].
 
@@ -134,8 +150,10 @@ class QnA(nn.Module):
         values = self.value(x).permute(0, 3, 1, 2)
         dtype = _compute_dtype(x)
         with torch.autocast(x.device.type, enabled=False):
-            attend = self._attend_conv if self.mode == 'conv' else self._attend_naive
-            out = attend(scores.to(dtype), values.to(dtype), self.rel_pos_bias.to(dtype), self.attn_scale.to(dtype))
+            scores, bias = scores.to(dtype), self.rel_pos_bias.to(dtype)
+            conv = self.mode == 'conv' and (_tracing() or _span(scores.detach(), bias.detach()) <= SAFE_SPAN[dtype])
+            attend = self._attend_conv if conv else self._attend_naive
+            out = attend(scores, values.to(dtype), bias, self.attn_scale.to(dtype))
         return self.proj(out.permute(0, 2, 3, 1).to(values.dtype))
 
     def _out_size(self, size: int) -> int:

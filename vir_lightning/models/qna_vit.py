@@ -10,13 +10,13 @@ the drop-path schedule).
 
 Layout beside the official code: the stride-2 block that ENDS stage i there STARTS stage i + 1
 here (timm's Swin layout), so that stage i's output is the stride-2^(i+2) map that dense heads
-read; the computation is the same. The window blocks are timm's Swin ``WindowAttention`` (no
-shift) with the official no-bias qkv.
+read; the computation is the same. The window blocks hold timm's Swin ``WindowAttention`` (no
+shift; the official no-bias qkv).
 
 Input sizes: any multiple of the stem's 4 pixels (``dynamic_img_pad=True`` pads others). The
 stride-2 blocks give ceil(H / 2), so only multiples of 32 give maps of exactly H/8, H/16, H/32.
-A window that does not divide its map is applied to the map zero-padded up to a multiple, the
-padded tokens masked out of the keys (timm's Swin instead shrinks the window to the map).
+A map smaller than its stage's window is attended whole; one the window does not divide is
+zero-padded up to a multiple, the padded tokens masked out of the keys (``WindowAttentionBlock``).
 """
 from functools import partial
 from typing import Dict, List, Optional, Sequence, Set, Tuple, Union
@@ -25,7 +25,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import ClassifierHead, DropPath, Mlp, calculate_drop_path_rates, to_2tuple, trunc_normal_
+from timm.layers import (
+    ClassifierHead, DropPath, Mlp, calculate_drop_path_rates, register_notrace_function, register_notrace_module,
+    to_2tuple, trunc_normal_,
+)
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint, named_apply
@@ -38,6 +41,22 @@ __all__ = ['QnAViT', 'QnABlock', 'WindowAttentionBlock']
 
 GLOBAL_POOLS = ('avg', 'max', 'avgmax', '')
 STRIDE_STEM = 4
+
+
+@register_notrace_function  # FX: runs on the real input, so the message names its real size
+def stem_input(x: torch.Tensor, in_chans: int, pad: bool) -> torch.Tensor:
+    """``x``, padded up to the stem's multiple if ``pad``, or a ValueError saying what to change."""
+    if x.ndim != 4 or x.shape[1] != in_chans:
+        raise ValueError(f"QnA-ViT expects images shaped [batch, {in_chans}, height, width], got {list(x.shape)}")
+    h, w = x.shape[-2:]
+    if not h % STRIDE_STEM and not w % STRIDE_STEM:
+        return x
+    if not pad:
+        raise ValueError(
+            f"input size {h}x{w} is not a multiple of the {STRIDE_STEM}-pixel stem: resize or pad the image to "
+            f"e.g. {-(-h // STRIDE_STEM) * STRIDE_STEM}x{-(-w // STRIDE_STEM) * STRIDE_STEM}, or create the model "
+            f"with dynamic_img_pad=True to pad automatically")
+    return F.pad(x, (0, -w % STRIDE_STEM, 0, -h % STRIDE_STEM))
 
 
 class QnABlock(nn.Module):
@@ -63,11 +82,15 @@ class QnABlock(nn.Module):
         return x + self.drop_path2(self.mlp(self.norm2(x)))
 
 
+@register_notrace_module  # FX: the window and padding are decided from the map's size
 class WindowAttentionBlock(nn.Module):
-    """Pre-LN block: self-attention inside non-overlapping windows (timm's Swin WindowAttention), MLP.
+    """Pre-LN block: self-attention inside non-overlapping windows, MLP.
 
-    A map the window does not divide is zero-padded up to a multiple; padded tokens are masked out
-    of every window's keys, so the result is that of attention over the real tokens only.
+    The attention's parameters are timm's Swin ``WindowAttention`` (qkv, relative position bias
+    table, output projection; state-dict names and init as timm's). A map smaller than the window
+    is attended as one window of the map's size (as timm's Swin); a map larger than the window but
+    not a multiple of it is zero-padded up to one, the padded tokens masked out of the keys. Both
+    give exactly the attention of the real tokens over the real tokens with their offsets' biases.
     """
 
     def __init__(self, dim: int, num_heads: int, window_size: int = 7, mlp_ratio: float = 4.,
@@ -83,24 +106,34 @@ class WindowAttentionBlock(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=act_layer)
         self.drop_path2 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
 
-    def _padding_mask(self, height: int, width: int, like: torch.Tensor) -> Optional[torch.Tensor]:
-        """(windows, N, N) additive mask, -inf on padded keys; None when the window divides the map."""
-        (wh, ww), pad_h, pad_w = self.window_size, -height % self.window_size[0], -width % self.window_size[1]
-        if not pad_h and not pad_w:
-            return None
-        real = like.new_zeros(1, height + pad_h, width + pad_w, 1, dtype=torch.bool)
-        real[:, :height, :width] = True
-        keys = window_partition(real, self.window_size).reshape(-1, 1, wh * ww)
-        return like.new_zeros(keys.shape).masked_fill(~keys, float('-inf')).expand(-1, wh * ww, -1)
+    def _relative_bias(self, window: Tuple[int, int]) -> torch.Tensor:
+        """[heads, N, N] biases of a window of size ``window`` (at most the full one) from the full table."""
+        table = self.attn.relative_position_bias_table
+        full_w = self.window_size[1]
+        ys, xs = torch.meshgrid(torch.arange(window[0], device=table.device),
+                                torch.arange(window[1], device=table.device), indexing='ij')
+        ys, xs = ys.flatten(), xs.flatten()
+        index = (ys[:, None] - ys[None] + self.window_size[0] - 1) * (2 * full_w - 1) + (xs[:, None] - xs[None] + full_w - 1)
+        return table[index].permute(2, 0, 1)
 
     def _attend(self, x: torch.Tensor) -> torch.Tensor:
         B, H, W, C = x.shape
-        wh, ww = self.window_size
-        mask = self._padding_mask(H, W, x)
-        x = F.pad(x, (0, 0, 0, -W % ww, 0, -H % wh))
-        Hp, Wp = x.shape[1:3]
-        windows = self.attn(window_partition(x, self.window_size).reshape(-1, wh * ww, C), mask)
-        return window_reverse(windows.view(-1, wh, ww, C), self.window_size, Hp, Wp)[:, :H, :W]
+        window = (min(self.window_size[0], H), min(self.window_size[1], W))
+        (wh, ww), pad_h, pad_w = window, -H % window[0], -W % window[1]
+        x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
+        windows = window_partition(x, window).reshape(-1, wh * ww, C)
+        bias = self._relative_bias(window).to(x.dtype).unsqueeze(0)  # [1, heads, N, N]
+        if pad_h or pad_w:
+            real = x.new_zeros(1, H + pad_h, W + pad_w, 1, dtype=torch.bool)
+            real[:, :H, :W] = True
+            keys = window_partition(real, window).reshape(-1, 1, 1, wh * ww)  # [windows, 1, 1, N]
+            bias = (bias + x.new_zeros(keys.shape).masked_fill(~keys, float('-inf'))).repeat(B, 1, 1, 1)
+        attn = self.attn
+        q, k, v = attn.qkv(windows).reshape(len(windows), wh * ww, 3, attn.num_heads, -1).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype),
+                                             dropout_p=attn.attn_drop.p if self.training else 0.)
+        out = attn.proj_drop(attn.proj(out.transpose(1, 2).reshape(len(windows), wh * ww, -1)))
+        return window_reverse(out.view(-1, wh, ww, C), window, H + pad_h, W + pad_w)[:, :H, :W]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.drop_path1(self._attend(self.norm1(x)))
@@ -248,17 +281,7 @@ class QnAViT(nn.Module):
                 module.set_mode(mode)
 
     def _stem(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim != 4 or x.shape[1] != self.in_chans:
-            raise ValueError(f"QnA-ViT expects images shaped [batch, {self.in_chans}, height, width], "
-                             f"got {list(x.shape)}")
-        h, w = x.shape[-2:]
-        if h % STRIDE_STEM or w % STRIDE_STEM:
-            if not self.dynamic_img_pad:
-                raise ValueError(
-                    f"input size {h}x{w} is not a multiple of the {STRIDE_STEM}-pixel stem: resize or pad the image "
-                    f"to e.g. {-(-h // STRIDE_STEM) * STRIDE_STEM}x{-(-w // STRIDE_STEM) * STRIDE_STEM}, or create "
-                    f"the model with dynamic_img_pad=True to pad automatically")
-            x = F.pad(x, (0, -w % STRIDE_STEM, 0, -h % STRIDE_STEM))
+        x = stem_input(x, self.in_chans, self.dynamic_img_pad)
         return self.stem(x).permute(0, 2, 3, 1)  # NHWC from here on
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
