@@ -19,18 +19,19 @@ def test_benchmark_writes_json_csv_table_and_plot(tmp_path, capsys):
     assert {'device', 'dtype', 'batch_size', 'versions', 'command', 'date'} <= set(meta)
     assert meta['command'].startswith('python -m vir_lightning benchmark') and 'torch' in meta['versions']
     rows = data['results']
-    # recurrent only where it has at most 4 tokens (32 px); ViT once per size
+    # recurrent only where it has at most 4 tokens (32 px); ViT and QnA-ViT once per size
     assert [(r['backbone'][:3], r['retention_mode'], r['size']) for r in rows] == [
-        ('vir', 'chunkwise', 32), ('vir', 'recurrent', 32), ('vit', None, 32), ('vir', 'chunkwise', 64),
-        ('vit', None, 64)]
+        ('vir', 'chunkwise', 32), ('vir', 'recurrent', 32), ('vit', None, 32), ('qna', None, 32),
+        ('vir', 'chunkwise', 64), ('vit', None, 64), ('qna', None, 64)]
+    assert [r['family'] for r in rows[:4]] == ['ViR', 'ViR', 'ViT', 'QnA']
     assert all(r['status'] == 'ok' and r['infer_images_per_s'] > 0 and r['train_images_per_s'] > 0 for r in rows)
     assert all(len(r['infer_times']) == 1 for r in rows)
     vit = [r for r in rows if r['family'] == 'ViT']
     assert {r['sdpa_backend'] for r in vit} <= {'flash_attention', 'efficient_attention', 'math'}
     with open(out / 'results.csv') as f:
-        assert len(list(csv.DictReader(f))) == 5
+        assert len(list(csv.DictReader(f))) == 7
     table = (out / 'results.md').read_text()
-    assert 'ViR / ViT inference' in table and '| 64 |' in table
+    assert '/ ViT inference' in table and '| 64 | vir_tiny_patch16_224 (' in table and '| 64 | qna_vit_tiny |' in table
     assert (out / 'results.png').stat().st_size > 10_000
     assert 'wrote' in capsys.readouterr().out
 
@@ -46,7 +47,7 @@ def test_out_of_memory_is_recorded_and_the_run_goes_on(tmp_path, monkeypatch):
     monkeypatch.setattr(benchmark, 'build_model', build)
     out = benchmark.main([*QUICK, '--modes', 'chunkwise', '--no-train', '--output', str(tmp_path)])
     rows = json.loads((out / 'results.json').read_text())['results']
-    assert [r['status'] for r in rows] == ['ok', 'ok', 'ok', 'OOM']
+    assert [r['status'] for r in rows] == ['ok', 'ok', 'ok', 'ok', 'OOM', 'ok']
     assert 'train_images_per_s' not in rows[0]
     assert 'OOM' in (out / 'results.md').read_text()
 
@@ -56,7 +57,7 @@ def test_dense_heads_are_timed_too(tmp_path, head):
     out = benchmark.main(['--sizes', '64', '--repeats', '1', '--warmup', '0', '--no-isolate', '--modes',
                           'chunkwise', '--head', head, '--output', str(tmp_path)])
     rows = json.loads((out / 'results.json').read_text())['results']
-    assert [r['status'] for r in rows] == ['ok', 'ok'] and all(r['head'] == head for r in rows)
+    assert [r['status'] for r in rows] == ['ok', 'ok', 'ok'] and all(r['head'] == head for r in rows)
     assert all(r['train_images_per_s'] > 0 for r in rows)
 
 
@@ -64,3 +65,36 @@ def test_bad_options_end_in_one_message(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(['benchmark', '--sizes', '100'])
     assert exit_.value.code == 2 and 'multiples of 16' in capsys.readouterr().err
+
+
+def test_layer_benchmark_writes_its_table_ratios_and_plot(tmp_path, capsys):
+    out = tmp_path / 'layers'
+    main(['benchmark', 'layers', '--maps', '8x10x16', '--kernel-sizes', '3', '5', '--repeats', '1', '--warmup', '0',
+          '--no-isolate', '--output', str(out)])
+    data = json.loads((out / 'layers.json').read_text())
+    assert data['meta']['command'].startswith('python -m vir_lightning benchmark layers')
+    rows = data['results']
+    assert [(r['layer'], r['kernel_size']) for r in rows] == [
+        ('qna', 3), ('sliding', 3), ('swin', 3), ('qna', 5), ('sliding', 5), ('swin', 5)]
+    assert all(r['status'] == 'ok' and r['infer_ms'] > 0 and r['train_ms'] > 0 for r in rows)
+    assert [(r['map'], r['kernel_size']) for r in data['ratios']] == [('8x10x16', 3), ('8x10x16', 5)]
+    assert 'Sliding-window attention over QnA' in (out / 'layers.md').read_text()
+    assert (out / 'layers.png').stat().st_size > 10_000
+
+
+def test_sliding_window_baseline_is_attention_over_each_neighbourhood():
+    """With a window that reaches the whole map from every pixel (and no bias) it is global attention."""
+    import torch
+    from vir_lightning.tools.layer_benchmark import SlidingWindowAttention
+    torch.manual_seed(0)
+    layer = SlidingWindowAttention(16, 2, kernel_size=9).double()
+    x = torch.randn(1, 4, 5, 16, dtype=torch.float64)
+    q, k, v = layer.qkv(x.reshape(1, 20, 16)).reshape(1, 20, 3, 2, 8).permute(2, 0, 3, 1, 4)
+    expected = layer.proj(torch.nn.functional.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(1, 4, 5, 16))
+    torch.testing.assert_close(layer(x), expected, rtol=0, atol=1e-12)
+
+
+def test_layer_benchmark_bad_options_end_in_one_message(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(['benchmark', 'layers', '--kernel-sizes', '4'])
+    assert exit_.value.code == 2 and '--kernel-sizes must be odd' in capsys.readouterr().err

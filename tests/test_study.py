@@ -1,4 +1,4 @@
-"""The ViR-vs-ViT study runner: each run trains the backbone it names for its budget, and the report
+"""The ViR / QnA-ViT / ViT study runner: each run trains the backbone it names for its budget, and the report
 says what the runs logged."""
 import json
 
@@ -11,16 +11,19 @@ def test_study_trains_each_backbone_for_its_budget_and_reports_what_it_logged(tm
     monkeypatch.chdir(tmp_path)
     monkeypatch.setitem(study.TASKS, 'seg', {**study.TASKS['seg'], 'budgets': {64: (10, 2)}})
     monkeypatch.setattr(study, 'WIDTH', dict(embed_dim=32, num_heads=2, depth=6, init_values=0.1))
+    monkeypatch.setattr(study, 'QNA', dict(qna_depths=(1, 1, 1, 0), window_depths=(0, 0, 1, 1)))
     study.main(['--tasks', 'seg', '--output', str(tmp_path / 'out')])
     results = json.loads((tmp_path / 'out' / 'study.json').read_text())['results']
-    assert [(r['backbone'], r['size'], r['status']) for r in results] == [('ViR', 64, 'ok'), ('ViT', 64, 'ok')]
+    assert [(r['backbone'], r['size'], r['status']) for r in results] == [
+        ('ViR', 64, 'ok'), ('ViT', 64, 'ok'), ('QnA', 64, 'ok')]
     table = (tmp_path / 'out' / 'study.md').read_text()
     for r in results:
         run_dir = tmp_path / 'out' / 'runs' / f"seg_64_{r['backbone']}" / 'version_0'
         model = yaml.load((run_dir / "hparams.yaml").read_text(), Loader=yaml.UnsafeLoader)  # tuples inside
-        # the run trained the model it is reported as: same width and depth, only the token mixer differs
+        # the run trained the model it is reported as: ViR and ViT of one width and depth, QnA-ViT-T as is
         assert model['backbone'] == study.BACKBONES[r['backbone']]
-        assert model['backbone_kwargs']['embed_dim'] == 32 and model['backbone_kwargs']['depth'] == 6
+        if r['backbone'] != 'QnA':
+            assert model['backbone_kwargs']['embed_dim'] == 32 and model['backbone_kwargs']['depth'] == 6
         assert (model['backbone_kwargs'].get('retention_mode') == 'chunkwise') == (r['backbone'] == 'ViR')
         scalars = study.read_scalars(run_dir)
         assert scalars['train/loss'][-1].step <= 10 < scalars['train/loss'][-1].step + 5  # the whole budget

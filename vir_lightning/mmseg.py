@@ -6,6 +6,7 @@ Import it before using mmseg yourself (mmseg configs: ``custom_imports=dict(impo
 
     backbone=dict(type='ViR', model_name='vir_base_patch16_224', out_indices=(3, 5, 7, 11),
                   model_kwargs=dict(retention_mode='chunkwise', img_size=512))
+    backbone=dict(type='QnAViT', model_name='qna_vit_tiny')  # four stages, no neck needed
 
 Why a compatibility layer: mmcv-lite (pure Python, no compiled ops) ships the ``mmcv/ops`` package
 but not its compiled extension, so ``import mmcv.ops`` fails, and four mmseg modules import from it
@@ -91,7 +92,7 @@ from mmseg.models.necks import MultiLevelNeck  # noqa: E402
 from mmseg.registry import MODELS  # noqa: E402
 
 __all__ = ['ensure_mmseg_importable', 'ade20k_metainfo', 'FCNHead', 'UPerHead', 'MultiLevelNeck', 'TimmFeatures',
-           'ViR']
+           'ViR', 'QnAViT']
 
 
 def ade20k_metainfo() -> Tuple[Tuple[str, ...], Tuple[Tuple[int, int, int], ...]]:
@@ -131,3 +132,13 @@ class TimmFeatures(nn.Module):
 @MODELS.register_module()
 class ViR(TimmFeatures):
     """``backbone=dict(type='ViR', model_name='vir_base_patch16_224', ...)``: TimmFeatures with a ViR default."""
+
+
+@MODELS.register_module()
+class QnAViT(TimmFeatures):
+    """``backbone=dict(type='QnAViT', model_name='qna_vit_tiny')``: its four stages (strides 4-32), for
+    a UPerHead without neck, as mmseg's Swin recipes."""
+
+    def __init__(self, model_name: str = 'qna_vit_tiny', out_indices: Sequence[int] = (0, 1, 2, 3),
+                 model_kwargs: Optional[Dict[str, Any]] = None, init_cfg=None):
+        super().__init__(model_name, out_indices, model_kwargs, init_cfg)

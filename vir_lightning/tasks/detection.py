@@ -17,6 +17,18 @@ def to_file_pixels(boxes: torch.Tensor, target: Dict[str, torch.Tensor]) -> torc
     return boxes * boxes.new_tensor([w0 / w, h0 / h, w0 / w, h0 / h])
 
 
+def detection_backbone(name: str, kwargs: Optional[Dict[str, Any]] = None) -> torch.nn.Module:
+    """The features_only backbone a pyramid reads: a plain backbone's last map, a hierarchical one's last four.
+
+    Plain or hierarchical is read from the built model's strides; a hierarchical one is then built
+    again with four maps (cheap next to training; pretrained weights are read twice).
+    """
+    body = create_backbone(name, kwargs, features_only=True, out_indices=(-1,))
+    if len({info['reduction'] for info in body.feature_info.info}) > 1:
+        body = create_backbone(name, kwargs, features_only=True, out_indices=4)
+    return body
+
+
 class DetectionTask(VisionTask):
     """torchvision Faster R-CNN / RetinaNet / FCOS on a feature pyramid; COCO mAP.
 
@@ -64,7 +76,7 @@ class DetectionTask(VisionTask):
                             f"pip install {map_backend.replace('_', '-')}")
         self.class_names = list(class_names) if class_names else [str(i) for i in range(1, num_classes + 1)]
         self.category_ids = list(category_ids) if category_ids else list(range(1, num_classes + 1))
-        body = create_backbone(backbone, backbone_kwargs, features_only=True, out_indices=4)
+        body = detection_backbone(backbone, backbone_kwargs)
         try:
             self.detector = create_detector(detector, body, num_classes, pyramid_channels, anchor_sizes,
                                             detections_per_image, box_head_size, **(detector_kwargs or {}))

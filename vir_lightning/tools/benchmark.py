@@ -1,4 +1,7 @@
-"""``python -m vir_lightning benchmark``: throughput and peak memory of ViR against ViT by resolution.
+"""``python -m vir_lightning benchmark``: throughput and peak memory of ViR, QnA-ViT and ViT by resolution.
+
+``python -m vir_lightning benchmark layers --help``: the layer-level comparison of QnA with local
+self-attention (``layer_benchmark.py``).
 
 For every backbone, resolution and (for ViR) retention form it measures, after warm-up and as
 the median of repeated runs: inference images/s, training-step images/s (forward, backward and
@@ -31,7 +34,7 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 
-DEFAULT_BACKBONES = ('vir_tiny_patch16_224', 'vit_tiny_patch16_224')
+DEFAULT_BACKBONES = ('vir_tiny_patch16_224', 'vit_tiny_patch16_224', 'qna_vit_tiny')
 DEFAULT_SIZES = (224, 512, 1024, 2048)
 HEADS = ('none', 'uper', 'faster_rcnn')
 SDPA_ORDER = ('FLASH_ATTENTION', 'EFFICIENT_ATTENTION', 'CUDNN_ATTENTION', 'MATH')
@@ -39,6 +42,11 @@ SDPA_ORDER = ('FLASH_ATTENTION', 'EFFICIENT_ATTENTION', 'CUDNN_ATTENTION', 'MATH
 
 def is_vir(name: str) -> bool:
     return name.startswith('vir_')
+
+
+def family(name: str) -> str:
+    """ViR (global, linear), QnA (local, linear) or ViT (global, quadratic: any other timm model)."""
+    return 'ViR' if is_vir(name) else 'QnA' if name.startswith('qna_') else 'ViT'
 
 
 # ---- memory ----------------------------------------------------------------------------------------
@@ -97,8 +105,8 @@ def build_model(name: str, size: int, head: str, mode: Optional[str], args) -> t
         backbone = timm.create_model(name, features_only=True, out_indices=4, **kwargs)
         return _BackboneAndHead(backbone, UPerNet(backbone.feature_info.channels(), num_classes=150))
     from ..heads import create_detector
-    backbone = timm.create_model(name, features_only=True, out_indices=(-1,), **kwargs)
-    return create_detector('faster_rcnn', backbone, num_classes=80)
+    from ..tasks.detection import detection_backbone
+    return create_detector('faster_rcnn', detection_backbone(name, kwargs), num_classes=80)
 
 
 class _BackboneAndHead(torch.nn.Module):
@@ -155,7 +163,7 @@ def median_seconds(step: Callable[[], None], device: torch.device, warmup: int, 
 
 def _record(name: str, size: int, head: str, mode: Optional[str], args, dtype: torch.dtype, status: str) -> Dict:
     """What identifies a point (tokens assume patch 16 until the model says otherwise)."""
-    return dict(backbone=name, family='ViR' if is_vir(name) else 'ViT', retention_mode=mode, size=size, head=head,
+    return dict(backbone=name, family=family(name), retention_mode=mode, size=size, head=head,
                 batch_size=args.batch_size, dtype=str(dtype).replace('torch.', ''), tokens=(size // 16) ** 2,
                 status=status)
 
@@ -173,7 +181,7 @@ def measure(name: str, size: int, head: str, mode: Optional[str], args, device: 
     record['tokens'] = (size // patch[0]) * (size // patch[1])
     images = torch.randn(args.batch_size, 3, size, size, device=device)
     autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
-    backends = [None] if is_vir(name) or args.sdpa == 'auto' else \
+    backends = [None] if family(name) != 'ViT' or args.sdpa == 'auto' else \
         list(SDPA_ORDER[SDPA_ORDER.index(args.sdpa):])
     for backend in backends:  # the first backend that runs is the one recorded
         try:
@@ -279,7 +287,9 @@ def environment(device: torch.device, dtype: torch.dtype, args, argv: List[str])
 
 def label(record: Dict) -> str:
     mode = record.get('retention_mode')
-    return record['backbone'] + (f' ({mode})' if mode else f" (sdpa {record.get('sdpa_backend', '?')})")
+    if mode or record.get('family') == 'QnA':
+        return record['backbone'] + (f' ({mode})' if mode else '')
+    return record['backbone'] + f" (sdpa {record.get('sdpa_backend', '?')})"
 
 
 def write_outputs(results: List[Dict], meta: Dict, output: Path) -> List[Path]:
@@ -319,22 +329,21 @@ def markdown_table(results: List[Dict], meta: Dict) -> str:
 
 
 def ratio_table(results: List[Dict]) -> str:
-    """Fastest ViR form over the ViT of the same width, per size (throughput ratios; > 1: ViR faster)."""
-    rows = ['| size | ViR / ViT inference | ViR / ViT training | ViR / ViT inference memory |', '|---|---|---|---|']
+    """Fastest ViR form, and QnA-ViT, over the ViT, per size (throughput ratios; > 1: faster than ViT)."""
+    rows = ['| size | model | / ViT inference | / ViT training | / ViT inference memory |', '|---|---|---|---|---|']
     ok = [r for r in results if r['status'] == 'ok']
     for size in sorted({r['size'] for r in ok}):
-        vir = [r for r in ok if r['size'] == size and r['family'] == 'ViR']
         vit = [r for r in ok if r['size'] == size and r['family'] == 'ViT']
-        if not vir or not vit:
-            continue
-        best = max(vir, key=lambda r: r['infer_images_per_s'])
-        base = vit[0]
-        train = (best.get('train_images_per_s') or 0) / base['train_images_per_s'] \
-            if base.get('train_images_per_s') and best.get('train_images_per_s') else None
-        memory = best['infer_peak_mb'] / base['infer_peak_mb'] if base['infer_peak_mb'] else None
-        rows.append(f"| {size} | {best['infer_images_per_s'] / base['infer_images_per_s']:.2f}x "
-                    f"({best['retention_mode']}) | {_fmt(train)}{'x' if train else ''} | {_fmt(memory)}"
-                    f"{'x' if memory else ''} |")
+        for name in ('ViR', 'QnA'):
+            ours = [r for r in ok if r['size'] == size and r['family'] == name]
+            if not ours or not vit:
+                continue
+            best, base = max(ours, key=lambda r: r['infer_images_per_s']), vit[0]
+            train = best['train_images_per_s'] / base['train_images_per_s'] \
+                if base.get('train_images_per_s') and best.get('train_images_per_s') else None
+            memory = best['infer_peak_mb'] / base['infer_peak_mb'] if base['infer_peak_mb'] else None
+            rows.append(f"| {size} | {label(best)} | {best['infer_images_per_s'] / base['infer_images_per_s']:.2f}x | "
+                        f"{_fmt(train)}{'x' if train else ''} | {_fmt(memory)}{'x' if memory else ''} |")
     return '\n'.join(rows)
 
 
@@ -409,6 +418,9 @@ def main(argv: Optional[List[str]] = None) -> Path:
 
     from ..errors import UserError
     argv = list(sys.argv[2:] if argv is None else argv)
+    if argv[:1] == ['layers']:
+        from .layer_benchmark import main as layers_main
+        return layers_main(argv[1:])
     args = parser().parse_args(argv)
     device = torch.device('cuda' if args.device == 'auto' and torch.cuda.is_available() else
                           'cpu' if args.device == 'auto' else args.device)

@@ -1,8 +1,10 @@
-"""``python -m vir_lightning study``: ViR against ViT on the demo tasks at two resolutions.
+"""``python -m vir_lightning study``: ViR, QnA-ViT and ViT on the demo tasks at two resolutions.
 
-Both backbones get the same head, schedule, batch and number of optimizer steps (the packaged
-seg_demo / det_demo recipes, with the ViT of the same width, depth, heads and patch); only the
-token mixer differs. Each run is a normal ``python -m vir_lightning fit`` in its own process,
+Every backbone gets the same head, schedule, batch and number of optimizer steps (the packaged
+seg_demo / det_demo recipes). ViR and ViT have the same width, depth, heads and patch: only the
+token mixer differs. QnA-ViT-T is the paper's Tiny as is (four stages, 16M parameters; its maps
+feed the head without neck, and torchvision's FPN), the local linear-cost point beside ViR's
+global linear and ViT's global quadratic one. Each run is a normal ``python -m vir_lightning fit`` in its own process,
 validated once at the end. Reported per run: the validation metric (mIoU for segmentation, mAP50
 for detection), training throughput (images/s over the logged training steps, validation
 excluded) and the process's peak resident memory. Written to ``<output>/study.{json,csv,md}``,
@@ -33,10 +35,13 @@ TASKS = {
                 budgets={256: (120, 8), 1024: (30, 2)}),
 }
 WIDTH = dict(embed_dim=128, num_heads=4, depth=6, init_values=0.1)
-BACKBONES = {'ViR': 'vir_tiny_patch16_224', 'ViT': 'vit_tiny_patch16_224'}
+BACKBONES = {'ViR': 'vir_tiny_patch16_224', 'ViT': 'vit_tiny_patch16_224', 'QnA': 'qna_vit_tiny'}
+QNA = {}  # qna_vit_tiny as registered
 
 
 def backbone_kwargs(family: str, task: str, size: int) -> Dict:
+    if family == 'QnA':
+        return dict(QNA, img_size=size)
     kwargs = dict(WIDTH, img_size=size, patch_size=TASKS[task]['patch'])
     if family == 'ViR':  # the linear-cost form, for training too (the parallel form is N x N)
         kwargs.update(direction='bidirectional', retention_mode='chunkwise')
@@ -119,6 +124,7 @@ def main(argv: List[str] = None) -> None:
     p = argparse.ArgumentParser(prog='python -m vir_lightning study', description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--tasks', nargs='+', default=list(TASKS), choices=list(TASKS))
+    p.add_argument('--backbones', nargs='+', default=list(BACKBONES), choices=list(BACKBONES))
     p.add_argument('--output', default=f'benchmarks/results/study-cpu-{datetime.date.today()}')
     args = p.parse_args(argv)
     output = Path(args.output)
@@ -129,7 +135,7 @@ def main(argv: List[str] = None) -> None:
     results = []
     for task in args.tasks:
         for size in TASKS[task]['budgets']:
-            for family in BACKBONES:
+            for family in args.backbones:
                 print(f'{task} {size}px {family} ...', flush=True)
                 results.append(run(task, family, size, output))
                 print(f'  {results[-1]}', flush=True)
