@@ -90,7 +90,8 @@ def test_sliding_window_baseline_is_attention_over_each_neighbourhood():
     layer = SlidingWindowAttention(16, 2, kernel_size=9).double()
     x = torch.randn(1, 4, 5, 16, dtype=torch.float64)
     q, k, v = layer.qkv(x.reshape(1, 20, 16)).reshape(1, 20, 3, 2, 8).permute(2, 0, 3, 1, 4)
-    expected = layer.proj(torch.nn.functional.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(1, 4, 5, 16))
+    mixed = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    expected = layer.proj(mixed.transpose(1, 2).reshape(1, 4, 5, 16))
     torch.testing.assert_close(layer(x), expected, rtol=0, atol=1e-12)
 
 

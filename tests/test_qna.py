@@ -85,7 +85,7 @@ def test_conv_form_matches_naive_on_outputs_and_gradients(dtype, tol, k, stride,
 def _official_conv_form(layer, x):
     """The official layer's arithmetic: exp of the raw scores and biases, in the input's dtype."""
     B, H, W, _ = x.shape
-    nq, h, d, k = layer.n_queries, layer.num_heads, layer.head_dim, layer.kernel_size
+    nq, h, d = layer.n_queries, layer.num_heads, layer.head_dim
     conv = dict(stride=layer.stride, padding=layer.padding)
     exp_s, v = layer.scores(x).exp(), layer.value(x).permute(0, 3, 1, 2)
     exp_b = layer.rel_pos_bias.exp()

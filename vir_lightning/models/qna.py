@@ -49,7 +49,8 @@ QNA_MODES = get_args(QnAMode)
 def check_window(kernel_size: int, stride: int) -> None:
     """ValueError unless the window is odd (centred: padding (k-1)/2) and the stride 1 or 2."""
     if not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
-        hint = f": use {kernel_size - 1} or {kernel_size + 1}" if isinstance(kernel_size, int) and kernel_size > 1 else ''
+        even = isinstance(kernel_size, int) and kernel_size > 1
+        hint = f": use {kernel_size - 1} or {kernel_size + 1}" if even else ''
         raise ValueError(f"QnA kernel_size must be an odd positive integer (a centred window, padding (k-1)/2), "
                          f"got {kernel_size!r}{hint}")
     if stride not in (1, 2):

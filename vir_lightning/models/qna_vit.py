@@ -109,11 +109,11 @@ class WindowAttentionBlock(nn.Module):
     def _relative_bias(self, window: Tuple[int, int]) -> torch.Tensor:
         """[heads, N, N] biases of a window of size ``window`` (at most the full one) from the full table."""
         table = self.attn.relative_position_bias_table
-        full_w = self.window_size[1]
+        full_h, full_w = self.window_size
         ys, xs = torch.meshgrid(torch.arange(window[0], device=table.device),
                                 torch.arange(window[1], device=table.device), indexing='ij')
         ys, xs = ys.flatten(), xs.flatten()
-        index = (ys[:, None] - ys[None] + self.window_size[0] - 1) * (2 * full_w - 1) + (xs[:, None] - xs[None] + full_w - 1)
+        index = (ys[:, None] - ys[None] + full_h - 1) * (2 * full_w - 1) + (xs[:, None] - xs[None] + full_w - 1)
         return table[index].permute(2, 0, 1)
 
     def _attend(self, x: torch.Tensor) -> torch.Tensor:
@@ -382,22 +382,22 @@ def _create_qna_vit(variant: str, pretrained: bool = False, **kwargs) -> QnAViT:
 @register_model
 def qna_vit_tiny(pretrained: bool = False, **kwargs) -> QnAViT:
     """QnA-ViT-T (widths 64-512; paper: 16M parameters, 2.5 GFLOPs, 81.7% ImageNet top-1)."""
-    model_args = dict(dims=(64, 128, 256, 512), qna_depths=(2, 3, 2, 0), qna_heads=(8, 16, 32, 64), window_depths=(0, 0, 4, 2),
-                      window_heads=(2, 4, 8, 16), drop_path_rate=0.05)
+    model_args = dict(dims=(64, 128, 256, 512), qna_depths=(2, 3, 2, 0), qna_heads=(8, 16, 32, 64),
+                      window_depths=(0, 0, 4, 2), window_heads=(2, 4, 8, 16), drop_path_rate=0.05)
     return _create_qna_vit('qna_vit_tiny', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def qna_vit_small(pretrained: bool = False, **kwargs) -> QnAViT:
     """QnA-ViT-S (widths 64-512, 12 window blocks in stage 3; paper: 25M, 4.4 GFLOPs, 83.2%)."""
-    model_args = dict(dims=(64, 128, 256, 512), qna_depths=(2, 3, 6, 0), qna_heads=(8, 16, 32, 64), window_depths=(0, 0, 12, 2),
-                      window_heads=(2, 4, 8, 16), drop_path_rate=0.2)
+    model_args = dict(dims=(64, 128, 256, 512), qna_depths=(2, 3, 6, 0), qna_heads=(8, 16, 32, 64),
+                      window_depths=(0, 0, 12, 2), window_heads=(2, 4, 8, 16), drop_path_rate=0.2)
     return _create_qna_vit('qna_vit_small', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def qna_vit_base(pretrained: bool = False, **kwargs) -> QnAViT:
     """QnA-ViT-B (widths 96-768; paper: 56M, 9.7 GFLOPs, 83.9%)."""
-    model_args = dict(dims=(96, 192, 384, 768), qna_depths=(2, 3, 6, 0), qna_heads=(6, 12, 24, 48), window_depths=(0, 0, 12, 2),
-                      window_heads=(3, 6, 12, 24), drop_path_rate=0.5)
+    model_args = dict(dims=(96, 192, 384, 768), qna_depths=(2, 3, 6, 0), qna_heads=(6, 12, 24, 48),
+                      window_depths=(0, 0, 12, 2), window_heads=(3, 6, 12, 24), drop_path_rate=0.5)
     return _create_qna_vit('qna_vit_base', pretrained=pretrained, **dict(model_args, **kwargs))

@@ -75,5 +75,6 @@ def patch_size(backbone: nn.Module) -> int:
 def pads_inputs(backbone: nn.Module) -> bool:
     """Whether the backbone pads inputs to its patch size itself (timm's ``dynamic_img_pad``)."""
     model = timm_model(backbone)
-    return bool(getattr(getattr(model, 'patch_embed', None), 'dynamic_img_pad', getattr(model, 'dynamic_img_pad', False)))
+    own = getattr(model, 'dynamic_img_pad', False)
+    return bool(getattr(getattr(model, 'patch_embed', None), 'dynamic_img_pad', own))
 

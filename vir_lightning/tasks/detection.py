@@ -1,4 +1,4 @@
-"""Object detection: a timm backbone, a feature pyramid (ViTDet's simple one or torchvision's FPN) and a torchvision detector."""
+"""Object detection: a timm backbone, a feature pyramid (ViTDet's simple one or torchvision's FPN), a detector."""
 import importlib.util
 from typing import Any, Dict, List, Optional, Sequence
 

@@ -63,7 +63,7 @@ class SegmentationTask(VisionTask):
         try:
             self.head = create_segmentation_head(head, self.backbone.feature_info.channels(), num_classes, head_kwargs,
                                                  strides=self.backbone.feature_info.reduction())
-        except (TypeError, ValueError) as error:
+        except TypeError as error:
             raise UserError(f"--model.head_kwargs: {error}") from error
         self.criterion = nn.CrossEntropyLoss(ignore_index=ignore_index)
         metrics = MetricCollection({

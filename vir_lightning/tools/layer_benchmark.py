@@ -162,7 +162,8 @@ def markdown(results: List[Dict], meta: Dict) -> str:
                  for key in ('infer_ms', 'train_ms', 'infer_peak_mb', 'train_peak_mb')]
         lines.append(f"| {r['map']} | {r['kernel_size']} | {r['layer']} | " + ' | '.join(cells) + ' |')
     lines += ['', 'Sliding-window attention over QnA (> 1: QnA faster / smaller):', '',
-              '| map | k | inference time | train time | inference memory | train memory |', '|---|---|---|---|---|---|']
+              '| map | k | inference time | train time | inference memory | train memory |',
+              '|---|---|---|---|---|---|']
     for row in ratios(results):
         cells = [f"{row[f'{key}_ratio']:.1f}x" if row[f'{key}_ratio'] else ''
                  for key in ('infer_ms', 'train_ms', 'infer_peak_mb', 'train_peak_mb')]
