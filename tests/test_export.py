@@ -22,6 +22,9 @@ TASKS = {
                                     head_kwargs=dict(channels=16, aux_channels=8, scales=(2, 1), aux_index=1)),
     'seg_linear': lambda: SegmentationTask(out_indices=(0, 1), num_classes=4, head='linear', **BACKBONE),
     'det': lambda: DetectionTask(num_classes=2, pyramid_channels=16, box_head_size=32, **BACKBONE),
+    'seg_qna': lambda: SegmentationTask(  # hierarchical: UPerHead without neck
+        backbone='qna_vit_tiny', backbone_kwargs=dict(qna_depths=(1, 1, 1, 0), window_depths=(0, 0, 1, 1)),
+        num_classes=4, head_kwargs=dict(channels=16, aux_channels=8)),
 }
 TOLERANCE = 1e-4
 
@@ -59,7 +62,7 @@ def max_difference(got, expected) -> float:
     return max((g - e).abs().max().item() for g, e in zip(got, expected))
 
 
-@pytest.mark.parametrize('name', ['cls', 'seg', 'det'])
+@pytest.mark.parametrize('name', ['cls', 'seg', 'det', 'seg_qna'])
 def test_safetensors_rebuilds_the_backbone_in_timm_bit_for_bit(checkpoints, tmp_path, capsys, name):
     code, _, err = export(capsys, checkpoints[name], 'safetensors', tmp_path / 'out')
     assert code == 0, err
@@ -139,6 +142,19 @@ def test_onnx_chunkwise_form_is_fixed_at_the_image_size_and_matches_pytorch(chec
         expected = [task(images)]
     difference = max_difference(run_onnx(tmp_path / 'cls.onnx', images), expected)
     print(f'cls chunkwise onnx vs PyTorch at 40x48: max abs difference {difference:.2e}')
+    assert difference < TOLERANCE
+
+
+def test_onnx_of_qna_vit_matches_pytorch(checkpoints, tmp_path, capsys):
+    code, out, err = export(capsys, checkpoints['seg_qna'], 'onnx', tmp_path, '--image_size', '64', '96')
+    assert code == 0, err
+    assert 'fixed at 64x96' in out
+    task = load_task(checkpoints['seg_qna'])
+    images = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        expected = PYTORCH_OUTPUTS['seg_linear'](task, images)
+    difference = max_difference(run_onnx(tmp_path / 'seg_qna.onnx', images), expected)
+    print(f'QnA-ViT segmentation onnx vs PyTorch at 64x96: max abs difference {difference:.2e}')
     assert difference < TOLERANCE
 
 
