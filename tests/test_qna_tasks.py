@@ -29,6 +29,18 @@ def test_demos_run_with_qna_by_one_override(config, tmp_path, monkeypatch, capsy
     assert hparams['backbone'] == 'qna_vit_tiny'
 
 
+def test_imagenet_config_runs_with_qna_by_one_override(image_folder, tmp_path, monkeypatch, capsys):
+    """cls_imagenet.yaml's recipe (mixup, cutmix, RandAugment, bf16 autocast on CPU) on a small folder."""
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_main([
+        'fit', '--config', 'cls_imagenet.yaml', '--model.backbone', 'qna_vit_tiny', *SHALLOW_QNA,
+        f'--data.root={image_folder}', '--data.image_size=64', '--data.batch_size=4', '--data.num_workers=0',
+        '--trainer.accelerator=cpu', '--trainer.devices=1', '--trainer.strategy=auto', '--trainer.max_steps=2',
+        '--trainer.limit_val_batches=1'], capsys)
+    assert code == 0, err
+    assert any((tmp_path / 'runs').glob('*/version_0/checkpoints/last.ckpt'))
+
+
 @pytest.mark.parametrize('config', ['seg_ade20k_qna.yaml', 'det_coco_qna.yaml'])
 def test_qna_configs_stop_at_once_without_their_data(config, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
