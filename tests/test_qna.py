@@ -122,9 +122,32 @@ def test_low_precision_stays_finite_where_the_official_formulation_overflows(dty
     assert overflowed, "the scales tried never broke the official formulation: the test proves nothing"
 
 
+QNA_MODELS = timm.list_models('qna_vit_*')
+SHALLOW = dict(qna_depths=(1, 1, 1, 0), window_depths=(0, 0, 1, 1))
+
+
+@pytest.mark.parametrize('name', QNA_MODELS)
+def test_every_qna_model_gives_the_same_numbers_in_both_forms(name):
+    torch.manual_seed(0)
+    model = timm.create_model(name, num_classes=3, drop_path_rate=0., **SHALLOW).double()  # no random drops
+    x = torch.randn(1, 3, 64, 96, dtype=torch.float64)
+    results = []
+    for mode in ('naive', 'conv'):
+        model.set_qna_mode(mode)
+        model.zero_grad(set_to_none=True)
+        out = model(x)
+        out.square().sum().backward()
+        results.append((out.detach(), {n: p.grad for n, p in model.named_parameters()}))
+    torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-9, atol=1e-9)
+    for name_ in results[0][1]:
+        torch.testing.assert_close(results[1][1][name_], results[0][1][name_], rtol=1e-9, atol=1e-9, msg=name_)
+
+
 @pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
-def test_autocast_training_step_of_the_model_is_finite_for_large_inputs(dtype):
-    model = timm.create_model('qna_vit_tiny', qna_depths=(1, 1, 1, 0), window_depths=(0, 0, 1, 0), num_classes=3)
+@pytest.mark.parametrize('name', QNA_MODELS)
+def test_autocast_training_step_of_every_model_is_finite_for_large_inputs(name, dtype):
+    torch.manual_seed(0)
+    model = timm.create_model(name, num_classes=3, **SHALLOW)
     x = torch.randn(2, 3, 64, 64) * 1e4
     with torch.autocast('cpu', dtype=dtype):
         loss = model(x).float().square().mean()
