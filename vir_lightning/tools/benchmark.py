@@ -203,15 +203,22 @@ def measure(name: str, size: int, head: str, mode: Optional[str], args, device: 
     return record
 
 
-def measure_isolated(name: str, size: int, head: str, mode: Optional[str], args, device: torch.device,
-                     dtype: torch.dtype) -> Dict:
-    """``measure`` in a fresh process, so that memory freed by earlier points cannot hide this one's."""
+def in_fresh_process(function: Callable, *args):
+    """``function(*args)`` in a fresh process, so that memory freed by earlier points cannot hide this
+    one's; None if the process was killed (typically by the out-of-memory killer)."""
     context = multiprocessing.get_context('spawn')
     with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
         try:
-            return pool.submit(measure, name, size, head, mode, args, device, dtype).result()
-        except concurrent.futures.process.BrokenProcessPool:  # killed, typically by the out-of-memory killer
-            return _record(name, size, head, mode, args, dtype, status='OOM')
+            return pool.submit(function, *args).result()
+        except concurrent.futures.process.BrokenProcessPool:
+            return None
+
+
+def measure_isolated(name: str, size: int, head: str, mode: Optional[str], args, device: torch.device,
+                     dtype: torch.dtype) -> Dict:
+    """``measure`` in a fresh process."""
+    return in_fresh_process(measure, name, size, head, mode, args, device, dtype) or \
+        _record(name, size, head, mode, args, dtype, status='OOM')
 
 
 def _run(model, images, head: str, args, device: torch.device, autocast) -> Dict:
@@ -312,9 +319,14 @@ def _fmt(value, digits: int = 2) -> str:
     return '' if value is None else f'{value:.{digits}f}'
 
 
+def heading(meta: Dict) -> List[str]:
+    """The lines above a results table: device, dtype, batch, date and the command that measured it."""
+    return [f"{meta['device']}, {meta['dtype']}, batch {meta['batch_size']}, {meta['date']}",
+            f"`{meta['command']}`", '']
+
+
 def markdown_table(results: List[Dict], meta: Dict) -> str:
-    lines = [f"{meta['device']}, {meta['dtype']}, batch {meta['batch_size']}, {meta['date']}",
-             f"`{meta['command']}`", '',
+    lines = [*heading(meta),
              '| model | head | size | tokens | inference img/s | train img/s | inference peak MiB | train peak MiB |',
              '|---|---|---|---|---|---|---|---|']
     for r in results:

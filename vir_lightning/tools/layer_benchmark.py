@@ -17,10 +17,8 @@ medians of repeated runs after warm-up; memory is CUDA's allocator peak, or on C
 of resident memory in a fresh process per point (as the model benchmark).
 """
 import argparse
-import concurrent.futures
 import csv
 import json
-import multiprocessing
 import statistics
 import sys
 from pathlib import Path
@@ -30,7 +28,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .benchmark import _is_oom, environment, median_seconds, peak_memory
+from .benchmark import _is_oom, environment, heading, in_fresh_process, median_seconds, peak_memory
 
 LAYERS = ('qna', 'sliding', 'swin')
 KERNELS = (3, 5, 7, 9, 11, 15)
@@ -128,16 +126,6 @@ def measure(layer: str, shape: str, kernel_size: int, args, device: torch.device
     return record
 
 
-def measure_isolated(*point) -> Dict:
-    context = multiprocessing.get_context('spawn')
-    with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
-        try:
-            return pool.submit(measure, *point).result()
-        except concurrent.futures.process.BrokenProcessPool:  # killed, typically by the out-of-memory killer
-            layer, shape, kernel_size = point[:3]
-            return dict(layer=layer, map=shape, kernel_size=kernel_size, status='OOM')
-
-
 def ratios(results: List[Dict]) -> List[Dict]:
     """Per map and k: sliding-window attention's time and memory over QnA's (> 1: QnA better)."""
     index = {(r['layer'], r['map'], r['kernel_size']): r for r in results if r['status'] == 'ok'}
@@ -153,8 +141,7 @@ def ratios(results: List[Dict]) -> List[Dict]:
 
 
 def markdown(results: List[Dict], meta: Dict) -> str:
-    lines = [f"{meta['device']}, {meta['dtype']}, batch {meta['batch_size']}, {meta['date']}",
-             f"`{meta['command']}`", '',
+    lines = [*heading(meta),
              '| map | k | layer | inference ms | train step ms | inference peak MiB | train peak MiB |',
              '|---|---|---|---|---|---|---|']
     for r in results:
@@ -260,7 +247,8 @@ def main(argv: Optional[List[str]] = None) -> Path:
         for layer, shape, k in points:
             progress.update(task, description=f'{layer} k={k} {shape}')
             point = (layer, shape, k, args, device, dtype)
-            record = measure_isolated(*point) if isolate else measure(*point)
+            record = (in_fresh_process(measure, *point) or dict(layer=layer, map=shape, kernel_size=k, status='OOM')) \
+                if isolate else measure(*point)
             results.append(record)
             write_outputs(results, meta, output)  # partial results survive an interrupted run
             progress.advance(task)
