@@ -85,7 +85,12 @@ class SimpleFeaturePyramid(nn.Module):
 
 class HierarchicalFeaturePyramid(nn.Module):
     """torchvision's FPN (lateral 1x1, top-down sum, 3x3 outputs; pooled extra level) over the last
-    ``levels`` maps of a hierarchical timm features_only backbone."""
+    ``levels`` maps of a hierarchical timm features_only backbone.
+
+    Its convolutions are followed by LayerNorm, as the simple pyramid's (timm's and QnA-ViT's stage
+    outputs are not normalised, and they grow with depth: without it, a from-scratch Faster R-CNN on
+    QnA-ViT diverged within 40 steps at the detection demo's learning rate).
+    """
 
     def __init__(self, backbone: nn.Module, out_channels: int = 256, levels: int = NUM_LEVELS - 1):
         super().__init__()
@@ -98,7 +103,8 @@ class HierarchicalFeaturePyramid(nn.Module):
         self.strides = [float(r) for r in reductions[-levels:]] + [2.0 * reductions[-1]]
         self.max_stride = round(self.strides[-1])
         self.out_channels = out_channels
-        self.fpn = FeaturePyramidNetwork(channels[-levels:], out_channels, extra_blocks=LastLevelMaxPool())
+        self.fpn = FeaturePyramidNetwork(channels[-levels:], out_channels, extra_blocks=LastLevelMaxPool(),
+                                         norm_layer=LayerNorm2d)
 
     def forward(self, images: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
         maps = self.body(images)[-self.levels:]
