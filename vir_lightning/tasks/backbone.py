@@ -77,4 +77,3 @@ def pads_inputs(backbone: nn.Module) -> bool:
     model = timm_model(backbone)
     own = getattr(model, 'dynamic_img_pad', False)
     return bool(getattr(getattr(model, 'patch_embed', None), 'dynamic_img_pad', own))
-
