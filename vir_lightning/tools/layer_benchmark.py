@@ -201,15 +201,15 @@ def write_outputs(results: List[Dict], meta: Dict, output: Path) -> None:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog='python -m vir_lightning benchmark layers', description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--layers', nargs='+', default=list(LAYERS), choices=LAYERS, help='layers to compare')
-    p.add_argument('--kernel-sizes', nargs='+', type=int, default=list(KERNELS), help='odd window sides k')
-    p.add_argument('--maps', nargs='+', default=list(MAPS), help='map shapes HxWxC (heads: C / 8)')
-    p.add_argument('--batch-size', type=int, default=1)
+    p.add_argument('--layers', nargs='+', default=list(LAYERS), choices=LAYERS, help='layers to compare (default: all)')
+    p.add_argument('--kernel-sizes', nargs='+', type=int, default=list(KERNELS), help=f"odd window sides k (default: {' '.join(map(str, KERNELS))})")
+    p.add_argument('--maps', nargs='+', default=list(MAPS), help=f"map shapes HxWxC, heads C / 8 (default: {' '.join(MAPS)})")
+    p.add_argument('--batch-size', type=int, default=1, help='maps per batch (default: 1)')
     p.add_argument('--device', default='auto', help="'auto' (cuda if available), 'cpu', 'cuda', ...")
     p.add_argument('--dtype', default='auto', choices=['auto', 'float32', 'bfloat16', 'float16'],
                    help='autocast dtype; auto: bfloat16 on GPU, float32 on CPU')
-    p.add_argument('--warmup', type=int, default=1)
-    p.add_argument('--repeats', type=int, default=3, help='timed runs; the median is reported')
+    p.add_argument('--warmup', type=int, default=1, help='untimed runs first (default: 1)')
+    p.add_argument('--repeats', type=int, default=3, help='timed runs, the median reported (default: 3)')
     p.add_argument('--isolate', action=argparse.BooleanOptionalAction, default=None,
                    help='a fresh process per point (default on CPU, where it makes the memory figures exact)')
     p.add_argument('--output', default=None, help='output folder (default: benchmarks/results/layers-<device>-<date>)')
