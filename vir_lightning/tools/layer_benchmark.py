@@ -201,9 +201,12 @@ def write_outputs(results: List[Dict], meta: Dict, output: Path) -> None:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog='python -m vir_lightning benchmark layers', description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--layers', nargs='+', default=list(LAYERS), choices=LAYERS, help='layers to compare (default: all)')
-    p.add_argument('--kernel-sizes', nargs='+', type=int, default=list(KERNELS), help=f"odd window sides k (default: {' '.join(map(str, KERNELS))})")
-    p.add_argument('--maps', nargs='+', default=list(MAPS), help=f"map shapes HxWxC, heads C / 8 (default: {' '.join(MAPS)})")
+    p.add_argument('--layers', nargs='+', default=list(LAYERS), choices=LAYERS,
+                   help='layers to compare (default: all)')
+    p.add_argument('--kernel-sizes', nargs='+', type=int, default=list(KERNELS),
+                   help=f"odd window sides k (default: {' '.join(map(str, KERNELS))})")
+    p.add_argument('--maps', nargs='+', default=list(MAPS),
+                   help=f"map shapes HxWxC, heads C / 8 (default: {' '.join(MAPS)})")
     p.add_argument('--batch-size', type=int, default=1, help='maps per batch (default: 1)')
     p.add_argument('--device', default='auto', help="'auto' (cuda if available), 'cpu', 'cuda', ...")
     p.add_argument('--dtype', default='auto', choices=['auto', 'float32', 'bfloat16', 'float16'],

@@ -5,12 +5,12 @@ seg_demo / det_demo recipes). ViR and ViT have the same width, depth, heads and 
 token mixer differs. QnA-ViT-T is the paper's Tiny as is (four stages, 16M parameters; its maps
 feed the head without neck, and torchvision's FPN), the local linear-cost point beside ViR's
 global linear and ViT's global quadratic one. Each run is a normal ``python -m vir_lightning
-fit`` in its own process, validated once at the end. Reported per run: the validation metric (mIoU for segmentation, mAP50
-for detection), training throughput (images/s over the logged training steps, validation
-excluded) and the process's peak resident memory. Written to ``<output>/study.{json,csv,md}``,
-TensorBoard logs under ``<output>/runs``.
+fit`` in its own process, validated once at the end. Reported per run: the validation metric
+(mIoU for segmentation, mAP50 for detection), training throughput (images/s over the logged
+training steps, validation excluded) and the process's peak resident memory. Written to
+``<output>/study.{json,csv,md}``, TensorBoard logs under ``<output>/runs``.
 
-The demo sets are small and the budgets short: quality figures say how the two compare after the
+The demo sets are small and the budgets short: quality figures say how they compare after the
 same few minutes of training, not what either reaches when trained to convergence.
 """
 import argparse
