@@ -253,3 +253,17 @@ def test_parameters_and_flops_at_224_match_the_paper():
         millions = sum(p.numel() for p in model.parameters()) / 1e6
         assert math.isclose(millions, params, rel_tol=0.05), (name, millions)
         assert math.isclose(counter.get_total_flops() / 2e9, gmacs, rel_tol=0.05), (name, counter.get_total_flops())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
+@pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
+def test_cuda_autocast_matches_the_float64_reference(dtype):
+    reference = _layer(5, 2, dim=32, heads=4, dtype=torch.float64)
+    layer = _layer(5, 2, dim=32, heads=4, dtype=torch.float32).cuda()
+    layer.load_state_dict({n: p.float() for n, p in reference.state_dict().items()})
+    x = torch.randn(2, 17, 22, 32, dtype=torch.float64)
+    with torch.no_grad(), torch.autocast('cuda', dtype=dtype):
+        out = layer(x.float().cuda())
+        exact = reference(x)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out.double().cpu(), exact, rtol=0.05, atol=0.05)
