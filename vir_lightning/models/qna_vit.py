@@ -8,6 +8,12 @@ official configurations (moabarar/qna models/qna_vit.py: widths 64 (96 for Base)
 stage, QnA head width 8, window 7/7/14/7, drop path 0.05/0.2/0.5, the strided blocks counted in
 the drop-path schedule).
 
+The stem is a 4x4 convolution with bias followed by LayerNorm (timm's Swin patch embedding), where
+the official's has neither: with the official stem, zero-padded image regions (crops padded to
+size, sliding windows, detector batches) become exactly-zero tokens, every later LayerNorm sees
+zero variance and multiplies its gradient by 1/sqrt(eps) = 1000, and a 512-pixel segmentation
+step on padded crops overflowed the gradient norm at step 0.
+
 Layout beside the official code: the stride-2 block that ENDS stage i there STARTS stage i + 1
 here (timm's Swin layout), so that stage i's output is the stride-2^(i+2) map that dense heads
 read; the computation is the same. The window blocks hold timm's Swin ``WindowAttention`` (no
@@ -224,7 +230,8 @@ class QnAViT(nn.Module):
         self.img_size, self.patch_size = to_2tuple(img_size), to_2tuple(STRIDE_STEM)
         self.num_features = self.head_hidden_size = dims[-1]
 
-        self.stem = nn.Conv2d(in_chans, dims[0], STRIDE_STEM, stride=STRIDE_STEM, bias=False)
+        self.stem = nn.Conv2d(in_chans, dims[0], STRIDE_STEM, stride=STRIDE_STEM)
+        self.stem_norm = norm_layer(dims[0])
         depths = [q + w + (i > 0) for i, (q, w) in enumerate(zip(qna_depths, window_depths))]
         dpr = calculate_drop_path_rates(drop_path_rate, sum(depths))
         block_kwargs = dict(n_queries=n_queries, mode=qna_mode, mlp_ratio=mlp_ratio, norm_layer=norm_layer,
@@ -251,7 +258,7 @@ class QnAViT(nn.Module):
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> Dict:
         return dict(
-            stem=r'^stem',
+            stem=r'^stem',  # stem and stem_norm
             blocks=r'^stages\.(\d+)' if coarse else [
                 (r'^stages\.(\d+)\.downsample', (0,)),
                 (r'^stages\.(\d+)\.blocks\.(\d+)', None),
@@ -282,7 +289,7 @@ class QnAViT(nn.Module):
 
     def _stem(self, x: torch.Tensor) -> torch.Tensor:
         x = stem_input(x, self.in_chans, self.dynamic_img_pad)
-        return self.stem(x).permute(0, 2, 3, 1)  # NHWC from here on
+        return self.stem_norm(self.stem(x).permute(0, 2, 3, 1))  # NHWC from here on
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The final NHWC map [B, H/32, W/32, C], normalised."""
