@@ -425,6 +425,18 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def device_and_dtype(args):
+    """--device and --dtype resolved: 'auto' is CUDA if present, bf16 autocast there and float32 on CPU."""
+    from ..errors import UserError
+    device = torch.device('cuda' if args.device == 'auto' and torch.cuda.is_available() else
+                          'cpu' if args.device == 'auto' else args.device)
+    if device.type == 'cuda' and not torch.cuda.is_available():
+        raise UserError(f"--device {args.device}: no CUDA device here; use --device cpu")
+    dtype = getattr(torch, args.dtype) if args.dtype != 'auto' else \
+        (torch.bfloat16 if device.type == 'cuda' else torch.float32)
+    return device, dtype
+
+
 def main(argv: Optional[List[str]] = None) -> Path:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -434,12 +446,7 @@ def main(argv: Optional[List[str]] = None) -> Path:
         from .layer_benchmark import main as layers_main
         return layers_main(argv[1:])
     args = parser().parse_args(argv)
-    device = torch.device('cuda' if args.device == 'auto' and torch.cuda.is_available() else
-                          'cpu' if args.device == 'auto' else args.device)
-    if device.type == 'cuda' and not torch.cuda.is_available():
-        raise UserError(f"--device {args.device}: no CUDA device here; use --device cpu")
-    dtype = getattr(torch, args.dtype) if args.dtype != 'auto' else \
-        (torch.bfloat16 if device.type == 'cuda' else torch.float32)
+    device, dtype = device_and_dtype(args)
     if args.batch_size < 1 or args.repeats < 1 or args.warmup < 0 or any(s < 16 or s % 16 for s in args.sizes):
         raise UserError('--batch-size and --repeats must be >= 1, --warmup >= 0, --sizes multiples of 16')
     meta = environment(device, dtype, args, argv)

@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .benchmark import _is_oom, environment, heading, in_fresh_process, median_seconds, peak_memory
+from .benchmark import _is_oom, device_and_dtype, environment, heading, in_fresh_process, median_seconds, peak_memory
 
 LAYERS = ('qna', 'sliding', 'swin')
 KERNELS = (3, 5, 7, 9, 11, 15)
@@ -232,12 +232,7 @@ def main(argv: Optional[List[str]] = None) -> Path:
             raise UserError(f"--maps: {error}") from None
     if any(k < 1 or k % 2 == 0 for k in args.kernel_sizes):
         raise UserError(f"--kernel-sizes must be odd (centred windows), got {args.kernel_sizes}")
-    device = torch.device('cuda' if args.device == 'auto' and torch.cuda.is_available() else
-                          'cpu' if args.device == 'auto' else args.device)
-    if device.type == 'cuda' and not torch.cuda.is_available():
-        raise UserError(f"--device {args.device}: no CUDA device here; use --device cpu")
-    dtype = getattr(torch, args.dtype) if args.dtype != 'auto' else \
-        (torch.bfloat16 if device.type == 'cuda' else torch.float32)
+    device, dtype = device_and_dtype(args)
     meta = environment(device, dtype, args, argv)
     meta['command'] = meta['command'].replace('benchmark ', 'benchmark layers ', 1)
     output = Path(args.output) if args.output else Path('benchmarks/results') / \
