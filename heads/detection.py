@@ -83,6 +83,12 @@ class SimpleFeaturePyramid(nn.Module):
         return OrderedDict((name, level.float()) for name, level in zip(names, maps))  # see FullPrecision
 
 
+def has_growing_strides(reductions: Sequence[float]) -> bool:
+    """Whether a backbone's maps come at growing strides (hierarchical: QnA-ViT, Swin, ConvNeXt), not all
+    at one stride (plain: ViT, ViR)."""
+    return len(set(reductions)) > 1
+
+
 class HierarchicalFeaturePyramid(nn.Module):
     """torchvision's FPN (lateral 1x1, top-down sum, 3x3 outputs; pooled extra level) over the last
     ``levels`` maps of a hierarchical timm features_only backbone.
@@ -185,7 +191,7 @@ def create_detector(
         raise ValueError(f"set the detection limit with detections_per_image, not {DETECTIONS_PER_IMAGE[name]} "
                          f"(the mAP evaluation counts the same number)")
     kwargs[DETECTIONS_PER_IMAGE[name]] = detections_per_image
-    hierarchical = len(set(backbone.feature_info.reduction())) > 1
+    hierarchical = has_growing_strides(backbone.feature_info.reduction())
     pyramid = (HierarchicalFeaturePyramid if hierarchical else SimpleFeaturePyramid)(backbone, pyramid_channels)
     if anchor_sizes is not None:
         kwargs['anchor_generator'] = _anchor_generator(name, anchor_sizes)

@@ -5,7 +5,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 
 from ..errors import UserError
-from ..heads import DetectorName, create_detector
+from ..heads.detection import DetectorName, create_detector, has_growing_strides
 from .backbone import create_backbone
 from .base import VisionTask
 from .detection_eval import DetectionEvaluator, MapBackend
@@ -24,7 +24,7 @@ def detection_backbone(name: str, kwargs: Optional[Dict[str, Any]] = None) -> to
     again with four maps (cheap next to training; pretrained weights are read twice).
     """
     body = create_backbone(name, kwargs, features_only=True, out_indices=(-1,))
-    if len({info['reduction'] for info in body.feature_info.info}) > 1:
+    if has_growing_strides([info['reduction'] for info in body.feature_info.info]):
         body = create_backbone(name, kwargs, features_only=True, out_indices=4)
     return body
 
