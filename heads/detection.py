@@ -30,6 +30,8 @@ from torchvision.ops.poolers import initLevelMapper
 
 from vir_lightning.errors import check_choice
 
+from .feature_strides import has_growing_strides
+
 NUM_LEVELS = 5  # four pyramid scales + the pooled level
 
 
@@ -81,12 +83,6 @@ class SimpleFeaturePyramid(nn.Module):
         names = [str(i) for i in range(len(maps))]
         maps, names = self.extra(maps, [], names)  # appends 'pool', the last level max-pooled with stride 2
         return OrderedDict((name, level.float()) for name, level in zip(names, maps))  # see FullPrecision
-
-
-def has_growing_strides(reductions: Sequence[float]) -> bool:
-    """Whether a backbone's maps come at growing strides (hierarchical: QnA-ViT, Swin, ConvNeXt), not all
-    at one stride (plain: ViT, ViR)."""
-    return len(set(reductions)) > 1
 
 
 class HierarchicalFeaturePyramid(nn.Module):

@@ -14,6 +14,8 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from vir_lightning.errors import check_choice
 
+from .feature_strides import has_growing_strides
+
 SegmentationHeadName = Literal['uper', 'linear']
 
 
@@ -57,7 +59,7 @@ class UPerNet(nn.Module):
 
         in_channels = list(in_channels)
         norm_cfg = dict(type='BN', requires_grad=True)  # Lightning's sync_batchnorm makes it SyncBN under DDP
-        plain = strides is None or len(set(strides)) == 1
+        plain = strides is None or not has_growing_strides(strides)
         if plain:
             neck_channels = neck_channels or in_channels[-1]
             scales = list(scales or (4, 2, 1, 0.5))

@@ -5,7 +5,8 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 
 from ..errors import UserError
-from ..heads.detection import DetectorName, create_detector, has_growing_strides
+from ..heads.detection import DetectorName, create_detector
+from ..heads.feature_strides import has_growing_strides
 from .backbone import create_backbone
 from .base import VisionTask
 from .detection_eval import DetectionEvaluator, MapBackend
