@@ -404,3 +404,63 @@ def test_fla_kernel_matches_the_pytorch_form_in_bf16_with_gradients(direction):
     assert (outputs['fla'] - outputs['torch']).abs().max() <= 0.02 * scale
     for a, b in zip(grads['fla'], grads['torch']):
         assert (a - b).abs().max() <= 0.05 * b.abs().max()
+
+
+# ----------------------------------------------------------------------------------------------
+# masks and positions (what AdaViT's dropped tokens need)
+
+def _kept_subset(n=N, seed=1):
+    """A random kept subset per batch element (the last token always kept), gathered in order and padded
+    to the largest count by repeating the last kept index, as the adaptive inference gathers it."""
+    g = torch.Generator().manual_seed(seed)
+    keep = torch.rand(B, n, generator=g) < 0.55
+    keep[:, -1] = True
+    counts = keep.sum(1)
+    width = int(counts.max())
+    index = torch.stack([torch.cat([row.nonzero()[:, 0], row.nonzero()[-1:, 0].repeat(width - int(c))])
+                         for row, c in zip(keep, counts)])
+    valid = torch.arange(width)[None] < counts[:, None]
+    return keep, index, valid
+
+
+@pytest.mark.parametrize('direction', DIRECTIONS)
+@pytest.mark.parametrize('mode,chunk_size', FORMS, ids=FORM_IDS)
+def test_masked_keys_and_kept_positions_are_exact(mode, chunk_size, direction):
+    """A dropped token contributes nothing, and two kept tokens decay by their ORIGINAL distance: zeroing
+    the dropped keys, and gathering only the kept tokens with their positions, both give the brute-force
+    result over the kept keys, in every form."""
+    q, k, v = _qkv()
+    gammas = DECAYS['fast']
+    log_decay = torch.tensor([math.log(x) for x in gammas], dtype=torch.float64)
+    keep, index, valid = _kept_subset()
+    masked_k = k * keep[:, None, :, None]
+    reference = _reference(q, masked_k, v, gammas, direction)
+    kwargs = {} if chunk_size is None else dict(chunk_size=chunk_size)
+    masked = retention(q, masked_k, v, log_decay, mode=mode, direction=direction, **kwargs)
+    torch.testing.assert_close(masked, reference, rtol=0, atol=1e-10)
+
+    def take(t):
+        return t.gather(2, index[:, None, :, None].expand(-1, H, -1, t.shape[-1]))
+    gathered = retention(take(q), take(k) * valid[:, None, :, None], take(v), log_decay, mode=mode,
+                         direction=direction, positions=index, **kwargs)
+    for b in range(B):
+        kept = int(valid[b].sum())
+        torch.testing.assert_close(gathered[b, :, :kept], reference[b][:, keep[b]], rtol=0, atol=1e-10)
+
+
+def test_gathered_tokens_without_positions_are_not_the_same():
+    """Guard: the positions matter (gathered tokens counted as adjacent decay differently)."""
+    q, k, v = _qkv()
+    log_decay = torch.tensor([math.log(x) for x in DECAYS['fast']], dtype=torch.float64)
+    _, index, valid = _kept_subset()
+    def take(t):
+        return t.gather(2, index[:, None, :, None].expand(-1, H, -1, t.shape[-1]))
+    args = (take(q), take(k) * valid[:, None, :, None], take(v), log_decay)
+    assert (retention(*args, positions=index) - retention(*args)).abs().max() > 1e-2
+
+
+def test_fla_kernel_takes_default_positions_only():
+    q, k, v = _qkv(n=4)
+    with pytest.raises(ValueError, match="default token positions"):
+        retention(q, k, v, torch.zeros(H, dtype=torch.float64), mode='chunkwise', kernel='fla',
+                  positions=torch.arange(4)[None])

@@ -27,7 +27,7 @@ The options are ``Literal`` types (the CLI lists and checks their values); ``che
 validates a configuration once, when a module is built, so ``retention()`` itself only dispatches.
 """
 import math
-from typing import List, Literal, get_args
+from typing import List, Literal, Optional, get_args
 
 import torch
 import torch.nn.functional as F
@@ -81,23 +81,31 @@ def decay_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
+def token_positions(q: torch.Tensor, positions: Optional[torch.Tensor]) -> torch.Tensor:
+    """Token positions [B', N] in ``decay_dtype(q)``: 0..N-1 (B' = 1) if ``positions`` is None."""
+    if positions is None:
+        return torch.arange(q.shape[-2], device=q.device, dtype=decay_dtype(q))[None]
+    return positions.to(device=q.device, dtype=decay_dtype(q))
+
+
 def _decay_pow(log_decay: torch.Tensor, exponent: torch.Tensor) -> torch.Tensor:
-    """gamma_h ** exponent for non-negative exponents, shape [H, *exponent.shape]."""
-    shape = (-1,) + (1,) * exponent.dim()
-    return torch.exp(log_decay.view(shape) * exponent)
+    """gamma_h ** exponent for non-negative exponents [B', 1, *rest], shape [B', H, *rest]."""
+    return torch.exp(log_decay.view((1, -1) + (1,) * (exponent.dim() - 2)) * exponent)
+
+
+def _causal_decay(log_decay: torch.Tensor, dist: torch.Tensor) -> torch.Tensor:
+    """gamma^dist where dist >= 0, else 0 (a token never reads a later one)."""
+    return _decay_pow(log_decay, dist.clamp(min=0)) * (dist >= 0)
 
 
 def retention_parallel(
         q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_decay: torch.Tensor, direction: str = 'causal',
+        positions: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
-    """Parallel form: (Q K^T * D) V with D[n, m] = gamma^(n - m) (causal) or gamma^|n - m|."""
-    n = q.shape[-2]
-    pos = torch.arange(n, device=q.device, dtype=decay_dtype(q))
-    dist = pos[:, None] - pos[None, :]
-    if direction == 'causal':
-        decay = _decay_pow(log_decay, dist.clamp(min=0)) * (dist >= 0)
-    else:
-        decay = _decay_pow(log_decay, dist.abs())
+    """Parallel form: (Q K^T * D) V with D[n, m] = gamma^(p_n - p_m) (causal) or gamma^|p_n - p_m|."""
+    pos = token_positions(q, positions)
+    dist = (pos[:, :, None] - pos[:, None, :])[:, None]  # [B', 1, N, N]
+    decay = _causal_decay(log_decay, dist) if direction == 'causal' else _decay_pow(log_decay, dist.abs())
     scores = (q @ k.transpose(-1, -2)) * decay
     return (scores.to(v.dtype) @ v).to(torch.promote_types(q.dtype, v.dtype))
 
@@ -107,26 +115,34 @@ def _full_precision(x: torch.Tensor):
     return torch.autocast(x.device.type, enabled=False)
 
 
-def _recurrent_causal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_decay: torch.Tensor) -> torch.Tensor:
+def _recurrent_causal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_decay: torch.Tensor,
+                      positions: Optional[torch.Tensor] = None) -> torch.Tensor:
     b, h, n, d = q.shape
     state_dtype = decay_dtype(q)
     out_dtype = torch.promote_types(q.dtype, v.dtype)
     with _full_precision(q):
+        pos = token_positions(q, positions)
+        steps = _decay_pow(log_decay, torch.diff(pos, prepend=pos[:, :1])[:, None])[..., None, None]  # [B', H, N, 1, 1]
         q, k, v = (t.to(state_dtype) for t in (q, k, v))
-        gamma = log_decay.exp().view(1, h, 1, 1)
         state = q.new_zeros(b, h, d, v.shape[-1])
         outputs = []
         for i in range(n):
-            state = gamma * state + k[:, :, i, :, None] * v[:, :, i, None, :]
+            state = steps[:, :, i] * state + k[:, :, i, :, None] * v[:, :, i, None, :]
             outputs.append((q[:, :, i, None, :] @ state).squeeze(-2))
         return torch.stack(outputs, dim=2).to(out_dtype)
 
 
-def _split_chunks(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, chunk_size: int):
-    """[B, H, N, d] -> [B, H, num_chunks, C, d], the last chunk zero-padded, and the in-chunk positions
-    0..C-1 in ``decay_dtype(q)``.
+def _split_chunks(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, chunk_size: int,
+                  positions: Optional[torch.Tensor]):
+    """[B, H, N, d] -> [B, H, num_chunks, C, d], the last chunk zero-padded, and the chunks' geometry:
 
-    Zero keys and values after the last token contribute nothing to any real token, in either direction.
+    * ``rel`` [B', 1, nc', C]: each token's position past its chunk's first token (nc' = 1 when the
+      positions are 0..N-1: every chunk alike, so the in-chunk decays are built once);
+    * ``span`` [B', 1, nc]: last minus first position of each chunk;
+    * ``lead`` [B', 1, nc + 1]: first position of chunk i minus last of chunk i - 1 (0 at both ends).
+
+    Zero keys and values after the last token contribute nothing to any real token, in either direction;
+    they sit at the last token's position, so every decay exponent stays non-negative.
     """
     b, h, n, _ = q.shape
     c = min(chunk_size, n)
@@ -135,7 +151,14 @@ def _split_chunks(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, chunk_size:
     if pad:
         q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
     chunks = tuple(t.reshape(b, h, num_chunks, c, t.shape[-1]) for t in (q, k, v))
-    return chunks + (torch.arange(c, device=q.device, dtype=decay_dtype(q)),)
+    pos = token_positions(q, positions)  # q is padded: 0..nc*C-1 if positions is None
+    if pad and positions is not None:
+        pos = F.pad(pos[:, None], (0, pad), mode='replicate')[:, 0]
+    pos = pos.view(pos.shape[0], num_chunks, c)
+    rel = (pos[:, :1] if positions is None else pos - pos[..., :1])[:, None]
+    first, last = pos[..., 0], pos[..., -1]
+    lead = F.pad(first[:, 1:] - last[:, :-1], (1, 1))
+    return chunks + (rel, (last - first)[:, None], lead[:, None])
 
 
 def _merge_chunks(out: torch.Tensor, q: torch.Tensor, v: torch.Tensor, n: int) -> torch.Tensor:
@@ -144,69 +167,77 @@ def _merge_chunks(out: torch.Tensor, q: torch.Tensor, v: torch.Tensor, n: int) -
     return out.to(torch.promote_types(q.dtype, v.dtype)).reshape(b, h, num_chunks * c, dv)[:, :, :n]
 
 
+def _scan(updates: torch.Tensor, decays: torch.Tensor, reverse: bool = False) -> torch.Tensor:
+    """States entering each chunk: S_0 = 0, S_(i+1) = decays_i S_i + updates_i (chunks in reverse order
+    if ``reverse``). updates [B, H, nc, d, dv], decays [B', H, nc]; returns [B, H, nc, d, dv]."""
+    num_chunks = updates.shape[2]
+    order = range(num_chunks - 1, 0, -1) if reverse else range(num_chunks - 1)
+    states = [updates.new_zeros(updates[:, :, 0].shape)]
+    for i in order:
+        states.append(decays[:, :, i, None, None] * states[-1] + updates[:, :, i])
+    return torch.stack(states[::-1] if reverse else states, dim=2)
+
+
 def _chunkwise_causal(
         q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_decay: torch.Tensor, chunk_size: int,
+        positions: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """All chunks' inner products in one batched matmul, then one short scan over chunk states."""
-    b, h, n, d = q.shape
-    q, k, v, pos = _split_chunks(q, k, v, chunk_size)
-    num_chunks, c, state_dtype = q.shape[2], q.shape[3], pos.dtype
-    dist = pos[:, None] - pos[None, :]
-    inner_decay = (_decay_pow(log_decay, dist.clamp(min=0)) * (dist >= 0))[:, None]  # [H, 1, C, C]
+    n = q.shape[2]
+    q, k, v, rel, span, lead = _split_chunks(q, k, v, chunk_size, positions)
+    state_dtype = rel.dtype
+    inner_decay = _causal_decay(log_decay, rel[..., :, None] - rel[..., None, :])  # [B', H, nc', C, C]
     scores = (q @ k.transpose(-1, -2)) * inner_decay
     inner = scores.to(v.dtype) @ v
 
     with _full_precision(q):
-        # chunk i contributes sum_j gamma^(C-1-j) k_j^T v_j to the state carried out of it
-        key_decay = _decay_pow(log_decay, c - 1 - pos)[:, None, :, None]  # [H, 1, C, 1]
+        # chunk i contributes sum_j gamma^(last_i - p_j) k_j^T v_j to the state carried out of it
+        key_decay = _decay_pow(log_decay, span[..., None] - rel)[..., None]  # [B', H, nc', C, 1]
         updates = (k.to(state_dtype) * key_decay).transpose(-1, -2) @ v.to(state_dtype)  # [B, H, nc, d, dv]
-        chunk_decay = torch.exp(log_decay * c).view(1, h, 1, 1)
-        states = [updates.new_zeros(b, h, d, v.shape[-1])]
-        for i in range(num_chunks - 1):
-            states.append(chunk_decay * states[-1] + updates[:, :, i])
-        states = torch.stack(states, dim=2)  # the state entering each chunk
-
-        query_decay = _decay_pow(log_decay, pos + 1)[:, None, :, None]  # token j is j+1 steps past the state
+        states = _scan(updates, _decay_pow(log_decay, span + lead[..., :-1]))  # the state entering each chunk
+        query_decay = _decay_pow(log_decay, rel + lead[..., :-1, None])[..., None]  # p_j - last of the chunk before
         cross = (q.to(state_dtype) * query_decay) @ states
     return _merge_chunks(inner + cross, q, v, n)
 
 
 def _chunkwise_bidirectional(
         q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_decay: torch.Tensor, chunk_size: int,
+        positions: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
-    """Two-sided retention in one pass: symmetric decay gamma^|i-j| inside each chunk (one batched
+    """Two-sided retention in one pass: symmetric decay gamma^|p_i - p_j| inside each chunk (one batched
     matmul for both directions, diagonal counted once), plus a forward scan over the states of the
     chunks before and a backward scan over those after. Half the inner work of two causal passes,
     and no flipped copies."""
-    b, h, n, d = q.shape
-    q, k, v, pos = _split_chunks(q, k, v, chunk_size)
-    num_chunks, c, state_dtype = q.shape[2], q.shape[3], pos.dtype
-    inner_decay = _decay_pow(log_decay, (pos[:, None] - pos[None, :]).abs())[:, None]  # [H, 1, C, C]
+    n = q.shape[2]
+    q, k, v, rel, span, lead = _split_chunks(q, k, v, chunk_size, positions)
+    state_dtype = rel.dtype
+    inner_decay = _decay_pow(log_decay, (rel[..., :, None] - rel[..., None, :]).abs())  # [B', H, nc', C, C]
     inner = ((q @ k.transpose(-1, -2)) * inner_decay).to(v.dtype) @ v
 
     with _full_precision(q):
-        k32, v32 = k.to(state_dtype), v.to(state_dtype)
+        k32, v32, q32 = k.to(state_dtype), v.to(state_dtype), q.to(state_dtype)
         # what chunk i hands to later chunks (keys decayed to its last token) and to earlier ones (to its first)
-        to_later = (k32 * _decay_pow(log_decay, c - 1 - pos)[:, None, :, None]).transpose(-1, -2) @ v32
-        to_earlier = (k32 * _decay_pow(log_decay, pos)[:, None, :, None]).transpose(-1, -2) @ v32
-        chunk_decay = torch.exp(log_decay * c).view(1, h, 1, 1)
-        zero = to_later.new_zeros(b, h, d, v.shape[-1])
-        before, after = [zero], [zero]
-        for i in range(num_chunks - 1):
-            before.append(chunk_decay * before[-1] + to_later[:, :, i])
-            after.append(chunk_decay * after[-1] + to_earlier[:, :, num_chunks - 1 - i])
-        states = torch.cat([torch.stack(before, dim=2), torch.stack(after[::-1], dim=2)], dim=-2)  # [.., 2d, dv]
-        # token j is j + 1 steps past the state before its chunk and c - j steps before the one after it
-        queries = torch.cat([q.to(state_dtype) * _decay_pow(log_decay, pos + 1)[:, None, :, None],
-                             q.to(state_dtype) * _decay_pow(log_decay, c - pos)[:, None, :, None]], dim=-1)
+        to_later = (k32 * _decay_pow(log_decay, span[..., None] - rel)[..., None]).transpose(-1, -2) @ v32
+        to_earlier = (k32 * _decay_pow(log_decay, rel)[..., None]).transpose(-1, -2) @ v32
+        # the state before chunk i sits at the last token of chunk i - 1, the state after it at the first of i + 1
+        before = _scan(to_later, _decay_pow(log_decay, span + lead[..., :-1]))
+        after = _scan(to_earlier, _decay_pow(log_decay, span + lead[..., 1:]), reverse=True)
+        states = torch.cat([before, after], dim=-2)  # [B, H, nc, 2d, dv]
+        # token j is (its offset + lead) past the state before its chunk, (span - offset + next lead) before the next
+        to_before = _decay_pow(log_decay, rel + lead[..., :-1, None])[..., None]
+        to_after = _decay_pow(log_decay, span[..., None] - rel + lead[..., 1:, None])[..., None]
+        queries = torch.cat([q32 * to_before, q32 * to_after], dim=-1)
         cross = queries @ states
     return _merge_chunks(inner + cross, q, v, n)
 
 
-def _bidirectional(causal_fn, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_decay: torch.Tensor):
-    """Exact two-sided retention from a causal form: forward pass + flipped backward pass - the doubled diagonal."""
-    forward = causal_fn(q, k, v, log_decay)
-    backward = causal_fn(q.flip(-2), k.flip(-2), v.flip(-2), log_decay).flip(-2)
+def _bidirectional(causal_fn, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_decay: torch.Tensor,
+                   positions: Optional[torch.Tensor] = None):
+    """Exact two-sided retention from a causal form: forward pass + flipped backward pass - the doubled diagonal
+    (the flipped pass sees the positions mirrored, so its distances are the original ones)."""
+    forward = causal_fn(q, k, v, log_decay, positions)
+    mirrored = None if positions is None else -positions.flip(-1)
+    backward = causal_fn(q.flip(-2), k.flip(-2), v.flip(-2), log_decay, mirrored).flip(-2)
     diagonal = (q * k).sum(-1, keepdim=True) * v
     return forward + backward - diagonal
 
@@ -231,6 +262,7 @@ def retention(
         direction: Direction = 'causal',
         chunk_size: int = 64,
         kernel: Kernel = 'auto',
+        positions: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Multi-head retention of q, k [B, H, N, d] and v [B, H, N, dv] with per-head ``log_decay`` [H].
 
@@ -239,17 +271,25 @@ def retention(
     re-checked here: validate them once with ``check_retention``. ``kernel`` picks the chunkwise
     implementation: 'fla' (flash-linear-attention's Triton kernels, CUDA only), 'torch' (the
     pure-PyTorch form here), or 'auto' (fla for CUDA tensors when installed, torch otherwise).
+
+    ``positions`` [B or 1, N], non-decreasing, are the tokens' places in the sequence the decay counts
+    (default 0..N-1): a subset of a sequence, gathered in order with its original positions, gets
+    exactly the outputs it has inside the whole sequence with every other key zeroed. This is how
+    adaptive inference removes tokens without changing the distances between the ones it keeps.
+    The fla kernels take the default positions only; with others, 'auto' runs the PyTorch form.
     """
     if q.shape[-2] == 0:
         return v.new_zeros(v.shape)
     if mode == 'parallel':
-        return retention_parallel(q, k, v, log_decay, direction)
+        return retention_parallel(q, k, v, log_decay, direction, positions)
     if mode == 'recurrent':
-        return _recurrent_causal(q, k, v, log_decay) if direction == 'causal' else \
-            _bidirectional(_recurrent_causal, q, k, v, log_decay)
-    if _use_fla(kernel, q):
+        return _recurrent_causal(q, k, v, log_decay, positions) if direction == 'causal' else \
+            _bidirectional(_recurrent_causal, q, k, v, log_decay, positions)
+    if positions is not None and kernel == 'fla':
+        raise ValueError("retention kernel 'fla' takes the default token positions only; use kernel 'auto'")
+    if positions is None and _use_fla(kernel, q):
         return causal_retention_fla(q, k, v, log_decay) if direction == 'causal' else \
-            _bidirectional(causal_retention_fla, q, k, v, log_decay)
+            _bidirectional(lambda q, k, v, log_decay, _: causal_retention_fla(q, k, v, log_decay), q, k, v, log_decay)
     if direction == 'causal':
-        return _chunkwise_causal(q, k, v, log_decay, chunk_size)
-    return _chunkwise_bidirectional(q, k, v, log_decay, chunk_size)
+        return _chunkwise_causal(q, k, v, log_decay, chunk_size, positions)
+    return _chunkwise_bidirectional(q, k, v, log_decay, chunk_size, positions)
