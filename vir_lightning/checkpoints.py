@@ -13,8 +13,9 @@ from .errors import UserError, listing
 TASK_KEY = 'vir_lightning_task'  # written by VisionTask.on_save_checkpoint: the task's import path
 
 
-def read_checkpoint(path, option: str = '--ckpt_path') -> Dict[str, Any]:
-    """The checkpoint's dict, tensors memory-mapped (cheap to open, even for a large file).
+def read_weights(path, option: str = '--ckpt_path') -> Dict[str, Any]:
+    """A checkpoint or weights file's dict, tensors memory-mapped (cheap to open, even for a large file),
+    or a UserError naming the file and what is wrong with it.
 
     ``weights_only=True``: a checkpoint is never allowed to run code while it is read.
     """
@@ -34,9 +35,18 @@ def read_checkpoint(path, option: str = '--ckpt_path') -> Dict[str, Any]:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise UserError(f"{option} '{path}' cannot be read as a checkpoint ({reason[:200]}); it is truncated "
                         f"or corrupt: use another checkpoint of the run") from None
-    if not isinstance(checkpoint, dict) or 'state_dict' not in checkpoint:
-        raise UserError(f"{option} '{path}' holds no Lightning 'state_dict': it is a plain weights file, "
-                        f"not a checkpoint of vir_lightning fit (timm weights go in --model.backbone_kwargs)")
+    if not isinstance(checkpoint, dict):
+        raise UserError(f"{option} '{path}' holds a {type(checkpoint).__name__}, not a dict of weights")
+    return checkpoint
+
+
+def read_checkpoint(path, option: str = '--ckpt_path') -> Dict[str, Any]:
+    """``read_weights`` for a Lightning checkpoint: a UserError when the file has no 'state_dict'."""
+    checkpoint = read_weights(path, option)
+    if 'state_dict' not in checkpoint:
+        raise UserError(f"{option} '{Path(path).expanduser()}' holds no Lightning 'state_dict': it is a plain "
+                        f"weights file, not a checkpoint of vir_lightning fit (timm weights go in "
+                        f"--model.backbone_kwargs)")
     return checkpoint
 
 

@@ -59,7 +59,11 @@ def create_backbone(name: str, kwargs: Optional[Dict[str, Any]] = None, **overri
 
 
 def timm_model(backbone: nn.Module) -> nn.Module:
-    """The timm model behind ``backbone`` (timm's features_only wrappers keep it as ``.model``)."""
+    """The timm model behind ``backbone`` (timm's features_only wrappers keep it as ``.model``, the AdaViT
+    wrapper as ``.backbone``)."""
+    from ..models.adavit import AdaptiveVisionTransformer
+    if isinstance(backbone, AdaptiveVisionTransformer):
+        return backbone.backbone
     return getattr(backbone, 'model', backbone)
 
 

@@ -151,9 +151,14 @@ class VisionTask(L.LightningModule):
             raise UserError("--model.warmup_epochs needs a training set of known length: use --model.warmup_steps")
         return max(1, math.ceil(batches / trainer.accumulate_grad_batches))
 
+    def optimizer_groups(self) -> List[Dict[str, Any]]:
+        """The optimizer's parameter groups: layer-decayed backbone, full-lr heads."""
+        hp = self.hparams
+        return param_groups(self.backbone, self.head_modules(), hp.weight_decay, hp.layer_decay)
+
     def configure_optimizers(self) -> Dict[str, Any]:
         hp = self.hparams
-        groups = param_groups(self.backbone, self.head_modules(), hp.weight_decay, hp.layer_decay)
+        groups = self.optimizer_groups()
         optimizer = build_optimizer(groups, lr=hp.lr, weight_decay=hp.weight_decay, opt=hp.optimizer)
         total = self.trainer.estimated_stepping_batches
         if not math.isfinite(total):

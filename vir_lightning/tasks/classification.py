@@ -1,5 +1,5 @@
 """Image classification: a timm backbone (ViR by default), a head from ``heads``, top-1/top-5."""
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -76,22 +76,30 @@ class ClassificationTask(VisionTask):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(images))
 
+    def classify(self, images: torch.Tensor, stage: str) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Logits and an extra training loss (none here): what AdaViT's task adds its decisions to."""
+        return self(images), None
+
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         images, targets = batch
         if self.mixup is not None and len(images) % 2 == 0:
             mixed, soft_targets = self.mixup(images, targets)
-            loss = self.train_criterion(self(mixed), soft_targets)
+            logits, extra = self.classify(mixed, 'train')
+            loss = self.train_criterion(logits, soft_targets)
         else:
-            logits = self(images)
+            logits, extra = self.classify(images, 'train')
             loss = self.criterion(logits, targets) if self.mixup else self.train_criterion(logits, targets)
             self.train_metrics(logits, targets)
             self.log_dict(self.train_metrics, on_step=False, on_epoch=True)
+        if extra is not None:
+            self.log('train/task_loss', loss)
+            loss = loss + extra
         self.log('train/loss', loss, prog_bar=True)
         return loss
 
     def _evaluate(self, batch, metrics: MetricCollection, stage: str) -> Dict[str, torch.Tensor]:
         images, targets = batch
-        logits = self(images)
+        logits, _ = self.classify(images, stage)
         self.log(f'{stage}/loss', self.criterion(logits, targets), sync_dist=True)
         metrics(logits, targets)
         self.log_dict(metrics, prog_bar=stage == 'val')

@@ -1,7 +1,8 @@
 """``python -m vir_lightning benchmark``: throughput and peak memory of ViR, QnA-ViT and ViT by resolution.
 
 ``python -m vir_lightning benchmark layers --help``: the layer-level comparison of QnA with local
-self-attention (``layer_benchmark.py``).
+self-attention (``layer_benchmark.py``). ``python -m vir_lightning benchmark adaptive --help``: what
+AdaViT checkpoints save, in real throughput (``adaptive_benchmark.py``).
 
 For every backbone, resolution and (for ViR) retention form it measures, after warm-up and as
 the median of repeated runs: inference images/s, training-step images/s (forward, backward and
@@ -445,6 +446,9 @@ def main(argv: Optional[List[str]] = None) -> Path:
     if argv[:1] == ['layers']:
         from .layer_benchmark import main as layers_main
         return layers_main(argv[1:])
+    if argv[:1] == ['adaptive']:
+        from .adaptive_benchmark import main as adaptive_main
+        return adaptive_main(argv[1:])
     args = parser().parse_args(argv)
     device, dtype = device_and_dtype(args)
     if args.batch_size < 1 or args.repeats < 1 or args.warmup < 0 or any(s < 16 or s % 16 for s in args.sizes):
