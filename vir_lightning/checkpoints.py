@@ -70,16 +70,22 @@ def check_fits(checkpoint: Dict[str, Any], model: torch.nn.Module, path, option:
     if saved_classes is not None and saved_classes != getattr(model, 'num_classes', saved_classes):
         raise UserError(f"{option} '{path}' predicts {saved_classes} classes but the data has {model.num_classes}: "
                         f"use a checkpoint trained on this data, or data with {saved_classes} classes")
-    saved, own = checkpoint['state_dict'], model.state_dict()
+    mismatch = state_mismatch(checkpoint['state_dict'], model.state_dict())
+    if mismatch:
+        raise UserError(f"{option} '{path}' does not fit the model the config builds ({mismatch}): "
+                        f"pass the --model options it was trained with (its run folder has config.yaml)")
+
+
+def state_mismatch(saved: Dict[str, Any], own: Dict[str, Any]) -> Optional[str]:
+    """What keeps the ``saved`` weights from loading into a model with state ``own`` (None: they fit):
+    missing and unexpected keys, other shapes, a few of each."""
     missing = [k for k in own if k not in saved]
     unexpected = [k for k in saved if k not in own]
     wrong = [f'{k} {tuple(saved[k].shape)} vs {tuple(own[k].shape)}'
              for k in own if k in saved and tuple(saved[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or wrong:
-        parts = [f'{label}: {listing(items, 3)}' for label, items in
-                 (('missing', missing), ('unexpected', unexpected), ('other shapes', wrong)) if items]
-        raise UserError(f"{option} '{path}' does not fit the model the config builds ({'; '.join(parts)}): "
-                        f"pass the --model options it was trained with (its run folder has config.yaml)")
+    parts = [f'{label}: {listing(items, 3)}' for label, items in
+             (('missing', missing), ('unexpected', unexpected), ('other shapes', wrong)) if items]
+    return '; '.join(parts) or None
 
 
 def load_task(path, option: str = '--ckpt_path') -> torch.nn.Module:

@@ -4,8 +4,8 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
-from ..checkpoints import read_weights, task_path
-from ..errors import UserError, listing
+from ..checkpoints import read_weights, state_mismatch, task_path
+from ..errors import UserError
 from ..models.adavit import ADAPTABLE, Adaptable, AdaptiveVisionTransformer, usage_loss
 from .backbone import timm_model
 from .classification import ClassificationTask
@@ -92,15 +92,9 @@ class AdaptiveClassificationTask(ClassificationTask):
 
     @staticmethod
     def _load(module: torch.nn.Module, state: Dict[str, Any], path: str, option: str) -> None:
-        own = module.state_dict()
-        missing = [k for k in own if k not in state]
-        unexpected = [k for k in state if k not in own]
-        wrong = [f'{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}'
-                 for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-        if missing or unexpected or wrong:
-            parts = [f'{label}: {listing(items, 3)}' for label, items in
-                     (('missing', missing), ('unexpected', unexpected), ('other shapes', wrong)) if items]
-            raise UserError(f"{option} '{path}' does not fit this backbone ({'; '.join(parts)}): it was trained "
+        mismatch = state_mismatch(state, module.state_dict())
+        if mismatch:
+            raise UserError(f"{option} '{path}' does not fit this backbone ({mismatch}): it was trained "
                             f"with other --model.backbone_kwargs (its run folder has config.yaml)")
         module.load_state_dict(state)
 
