@@ -74,16 +74,14 @@ class Decisions:
     blocks: Optional[torch.Tensor]
     prefix: torch.Tensor
 
+    def kinds(self) -> Dict[str, torch.Tensor]:
+        """The decisions of each adapted kind, by name."""
+        return {kind: getattr(self, kind) for kind in ADAPTABLE if getattr(self, kind) is not None}
+
     def usage(self) -> Dict[str, torch.Tensor]:
         """Mean kept fraction per kind (patches counted without the prefix tokens)."""
-        out = {}
-        if self.patches is not None:
-            out['patches'] = self.patches[..., ~self.prefix].mean()
-        if self.heads is not None:
-            out['heads'] = self.heads.mean()
-        if self.blocks is not None:
-            out['blocks'] = self.blocks.mean()
-        return out
+        return {kind: (value[..., ~self.prefix] if kind == 'patches' else value).mean()
+                for kind, value in self.kinds().items()}
 
 
 def usage_loss(decisions: Decisions, targets: Dict[str, float], weights: Dict[str, float]) -> torch.Tensor:
@@ -343,7 +341,6 @@ class AdaptiveVisionTransformer(nn.Module):
         self.num_classes = backbone.num_classes
         self.num_features = backbone.num_features
 
-
     def _embed(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, int]:
         """Tokens [B, N, C], which are prefix tokens [N] bool, and the class token's index."""
         backbone = self.backbone
@@ -400,8 +397,7 @@ class AdaptiveVisionTransformer(nn.Module):
         numbers as torch.utils.flop_counter counts them (matrix products and convolutions; FLOPs = 2 x MACs)."""
         backbone, prefix = self.backbone, decisions.prefix
         tokens, heads, dim = prefix.numel(), self.num_heads, backbone.embed_dim
-        kinds = {kind: value.detach().double() for kind, value in zip(ADAPTABLE, (
-            decisions.patches, decisions.heads, decisions.blocks)) if value is not None}
+        kinds = {kind: value.detach().double() for kind, value in decisions.kinds().items()}
         images = next(iter(kinds.values())).shape[0]
         stem = backbone.patch_embed.proj
         classifier = backbone.get_classifier()
