@@ -54,11 +54,12 @@ def _kinds(decisions: Decisions):
     return [getattr(decisions, kind) for kind in ADAPTABLE]
 
 
+@pytest.mark.parametrize('batch', [1, 3])  # a single image's plan is read as Python values, a batch's as tensors
 @pytest.mark.parametrize('adapt', [ADAPTABLE, ('patches',), ('heads',), ('blocks',)], ids='+'.join)
 @pytest.mark.parametrize('family', sorted(FAMILIES))
-def test_skipped_inference_equals_the_masked_forward_on_the_same_decisions(family, adapt):
+def test_skipped_inference_equals_the_masked_forward_on_the_same_decisions(family, adapt, batch):
     model = _shake(AdaptiveVisionTransformer(_backbone(family), adapt=adapt)).double().eval()
-    images = _images(3, torch.float64)
+    images = _images(batch, torch.float64)
     model.execution = 'mask'
     masked, masked_decisions = model.forward_adaptive(images)
     model.execution = 'skip'
@@ -69,7 +70,7 @@ def test_skipped_inference_equals_the_masked_forward_on_the_same_decisions(famil
     used = masked_decisions.usage()
     assert set(used) == set(adapt)
     assert all(0.05 < float(u.detach()) < 0.95 for u in used.values()), used  # the decisions drop and keep
-    if 'patches' in adapt:  # images differ in what they keep, so skipping pads and scatters per image
+    if 'patches' in adapt and batch > 1:  # images differ in what they keep, so skipping pads and scatters per image
         per_image = masked_decisions.patches[..., ~masked_decisions.prefix].sum((1, 2))
         assert len(set(per_image.tolist())) > 1
     torch.testing.assert_close(skipped, masked, rtol=0, atol=1e-10)

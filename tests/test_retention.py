@@ -12,7 +12,9 @@ import pytest
 import torch
 
 from vir_lightning.models import Retention
-from vir_lightning.models.retention import DIRECTIONS, RETENTION_MODES, decay_schedule, retention
+from vir_lightning.models.retention import (
+    DIRECTIONS, RETENTION_MODES, cached_parallel_decay, decay_schedule, retention,
+)
 
 B, H, N, D = 2, 3, 37, 8
 
@@ -464,3 +466,33 @@ def test_fla_kernel_takes_default_positions_only():
     with pytest.raises(ValueError, match="default token positions"):
         retention(q, k, v, torch.zeros(H, dtype=torch.float64), mode='chunkwise', kernel='fla',
                   positions=torch.arange(4)[None])
+
+
+# ----------------------------------------------------------------------------------------------
+# the parallel form's cached decay matrix
+
+@pytest.mark.parametrize('direction', DIRECTIONS)
+def test_the_cached_decay_gives_the_same_bits_and_trains_after_inference(direction):
+    """Retention takes the parallel form's decay from a cache shared by modules with the same decays: the
+    outputs are bit-identical to building it, and a matrix first built under inference mode still works
+    under autograd (the cache makes normal tensors)."""
+    module = Retention(32, num_heads=4, mode='parallel', direction=direction).eval()
+    x = torch.randn(2, 9, 32)
+    with torch.inference_mode():
+        cached = module(x)
+    assert cached_parallel_decay(module.log_decay, 9, direction, x) is not None
+    q, k, v = module.qkv(x).reshape(2, 9, 3, 4, 8).permute(2, 0, 3, 1, 4).unbind(0)
+    built = retention(q * module.scale, k, v, module._log_decay(q), mode='parallel', direction=direction)
+    expected = module.proj(module.head_norm(built.transpose(1, 2)).reshape(2, 9, 32) * module.norm_weight
+                           + module.norm_bias)
+    assert torch.equal(cached, expected.detach())
+    module.train()
+    module(x).square().sum().backward()
+    assert module.qkv.weight.grad is not None
+
+
+def test_long_sequences_and_tracing_build_the_decay_instead():
+    assert cached_parallel_decay((-0.1,) * 4, 2048, 'causal', torch.zeros(1)) is None  # 16M entries: not kept
+    whole = cached_parallel_decay((-0.1, -0.2), 6, 'bidirectional', torch.zeros(1, dtype=torch.float64))
+    assert whole.dtype == torch.float64 and whole.shape == (1, 2, 6, 6)
+    assert whole[0, 1, 0, 5].item() == pytest.approx(math.exp(-0.2 * 5), rel=1e-15)

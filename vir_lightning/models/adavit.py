@@ -29,14 +29,14 @@ Choices beyond the official code (MengLcool/AdaViT; DeiT and T2T, classification
 """
 import math
 from dataclasses import dataclass
-from typing import Dict, List, Literal, Optional, Sequence, Tuple, get_args
+from typing import Dict, Literal, Optional, Sequence, Tuple, get_args
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import check_choice
-from .retention import retention
+from .retention import cached_parallel_decay, retention
 from .vir import RetentionBlock, VisionRetentionNetwork
 
 __all__ = ['AdaptiveVisionTransformer', 'Decisions', 'gumbel_sigmoid', 'usage_loss', 'ADAPTABLE']
@@ -102,6 +102,9 @@ class DecisionNetwork(nn.Module):
         super().__init__()
         self.tau = tau
         self.sizes = {kind: size for kind, size in zip(ADAPTABLE, (1, num_heads, 2)) if kind in adapt}
+        starts = [sum(list(self.sizes.values())[:i]) for i in range(len(self.sizes))]
+        self.slots = {kind: slice(start, start + size) for (kind, size), start in zip(self.sizes.items(), starts)}
+        self.per_token = 'patches' in self.sizes
         thresholds = torch.cat([torch.full((size,), patch_threshold if kind == 'patches' else threshold)
                                 for kind, size in self.sizes.items()]).double()
         self.register_buffer('cut', (tau * torch.logit(thresholds)).float(), persistent=False)
@@ -110,19 +113,23 @@ class DecisionNetwork(nn.Module):
         with torch.no_grad():
             self.logits.bias.copy_(self.cut + KEEP_MARGIN)
 
-    def forward(self, normed: torch.Tensor, cls_index: int, prefix: torch.Tensor):
-        per_token = 'patches' in self.sizes
-        keep = gumbel_sigmoid(self.logits(normed if per_token else normed[:, cls_index]), self.tau, self.cut,
-                              noise=self.training)
+    def forward(self, normed: torch.Tensor, cls_index: int, hard: bool) -> torch.Tensor:
+        """Every decision of the block, [B, N, K] (one row per token) when patches are adapted, else [B, K]:
+        bools if ``hard`` (what skipped execution reads), else straight-through {0, 1} floats."""
+        logits = self.logits(normed if self.per_token else normed[:, cls_index])
+        if hard:
+            return logits > self.cut
+        return gumbel_sigmoid(logits, self.tau, self.cut, noise=self.training)
+
+    def split(self, keep: torch.Tensor, cls_index: int, prefix: torch.Tensor) -> Tuple[Optional[torch.Tensor], ...]:
+        """(patches [..., N], heads [..., H], blocks [..., 2]) of ``forward``'s decisions (of one block, or stacked
+        over blocks), None where not adapted; prefix tokens are always kept."""
         found = dict.fromkeys(ADAPTABLE)
-        start = 0
-        for kind, size in self.sizes.items():
-            part = keep[..., start:start + size]
-            if kind == 'patches':  # prefix tokens are always kept
-                found[kind] = torch.where(prefix, torch.ones_like(part[..., 0]), part[..., 0])
+        for kind, slot in self.slots.items():
+            if kind == 'patches':
+                found[kind] = keep[..., 0].masked_fill(prefix, 1)
             else:
-                found[kind] = part[:, cls_index] if per_token else part
-            start += size
+                found[kind] = keep[..., cls_index, slot] if self.per_token else keep[..., slot]
         return found['patches'], found['heads'], found['blocks']
 
 
@@ -136,10 +143,11 @@ class TokenMixer:
         self.num_heads, self.head_dim = module.num_heads, module.head_dim
 
     def __call__(self, x: torch.Tensor, heads: Optional[torch.Tensor], head_gate: Optional[torch.Tensor],
-                 key_mask: Optional[torch.Tensor], positions: Optional[torch.Tensor]) -> torch.Tensor:
+                 key_mask: Optional[torch.Tensor], positions: Optional[torch.Tensor], length: int) -> torch.Tensor:
         """x [B, N, C]; ``heads``: the indices of the heads to compute (None: all); ``head_gate`` [B, h]
         multiplies each computed head's output; ``key_mask`` [B, N] bool: tokens others may read (None:
-        all); ``positions`` [B, N]: the tokens' original places (ViR; None: 0..N-1)."""
+        all); ``positions`` [B or 1, N] int64: the tokens' places among the ``length`` tokens of the image
+        (ViR; None: 0..N-1)."""
         m = self.module
         B, N, _ = x.shape
         h, d = (self.num_heads if heads is None else len(heads)), self.head_dim
@@ -147,20 +155,23 @@ class TokenMixer:
             out = x.new_zeros(B, N, m.proj.out_features)
             return out if m.proj.bias is None else out + m.proj.bias.to(x.dtype)
         weight, bias = m.qkv.weight, m.qkv.bias
-        if heads is not None:  # the kept heads' rows of W_qkv ([3, H, d] of them)
-            weight = weight.view(3, self.num_heads, d, -1)[:, heads].reshape(3 * h * d, -1)
-            bias = None if bias is None else bias.view(3, self.num_heads, d)[:, heads].reshape(-1)
+        if heads is not None:  # the kept heads' rows of W_qkv ([3, H, d] of them); index_select: 3x faster than []
+            weight = weight.view(3, self.num_heads, d, -1).index_select(1, heads).reshape(3 * h * d, -1)
+            bias = None if bias is None else bias.view(3, self.num_heads, d).index_select(1, heads).reshape(-1)
         q, k, v = F.linear(x, weight, bias).reshape(B, N, 3, h, d).permute(2, 0, 3, 1, 4).unbind(0)
         if self.is_retention:
             if key_mask is not None:
                 k = k * key_mask[:, None, :, None].to(k.dtype)
-            log_decay = m._log_decay(q) if heads is None else m._log_decay(q)[heads]
-            out = retention(q * m.scale, k, v, log_decay, mode=m.mode, direction=m.direction,
-                            chunk_size=m.chunk_size, kernel=m.kernel, positions=positions)
+            log_decay = m._log_decay(q) if heads is None else m._log_decay(q).index_select(0, heads)
+            decay = self._parallel_decay(q, heads, positions, length)
+            out = retention(q * m.scale, k, v, log_decay, mode=m.mode, direction=m.direction, chunk_size=m.chunk_size,
+                            kernel=m.kernel, positions=positions, decay=decay)
             out = m.head_norm(out.transpose(1, 2))  # [B, N, h, d]
             if m.norm_weight is not None:
                 scale, shift = m.norm_weight.view(-1, d), m.norm_bias.view(-1, d)
-                out = out * scale + shift if heads is None else out * scale[heads] + shift[heads]
+                if heads is not None:
+                    scale, shift = scale.index_select(0, heads), shift.index_select(0, heads)
+                out = out * scale + shift
         else:
             q, k = m.q_norm(q), m.k_norm(k)
             scores = (q * m.scale) @ k.transpose(-1, -2)  # timm's unfused attention: flop_counter counts it on CPU
@@ -170,8 +181,25 @@ class TokenMixer:
             out = (m.attn_drop(scores.softmax(dim=-1)) @ v).transpose(1, 2)
         if head_gate is not None:
             out = out * head_gate[:, None, :, None].to(out.dtype)
-        weight = m.proj.weight if heads is None else m.proj.weight.view(-1, self.num_heads, d)[:, heads].flatten(1)
+        weight = m.proj.weight
+        if heads is not None:
+            weight = weight.view(-1, self.num_heads, d).index_select(1, heads).flatten(1)
         return m.proj_drop(F.linear(out.reshape(B, N, h * d), weight, m.proj.bias))
+
+    def _parallel_decay(self, q: torch.Tensor, heads: Optional[torch.Tensor], positions: Optional[torch.Tensor],
+                        length: int) -> Optional[torch.Tensor]:
+        """The parallel form's decay for these heads and tokens, cut out of the whole image's cached one (the same
+        numbers, without building it); None where there is none (other forms, long sequences)."""
+        m = self.module
+        whole = cached_parallel_decay(m.log_decay, length, m.direction, q) if m.mode == 'parallel' else None
+        if whole is None:
+            return None
+        decay = whole[0] if heads is None else whole[0].index_select(0, heads)  # [h, length, length]
+        if positions is None:
+            return decay[None]
+        if len(positions) == 1:
+            return decay.index_select(1, positions[0]).index_select(2, positions[0])[None]
+        return decay[:, positions[:, :, None], positions[:, None, :]].transpose(0, 1)  # [B', h, N, N]
 
 
 def _masked_block(block: nn.Module, mixer: TokenMixer, x: torch.Tensor, normed: torch.Tensor,
@@ -186,70 +214,63 @@ def _masked_block(block: nn.Module, mixer: TokenMixer, x: torch.Tensor, normed: 
         if blocks is not None:
             gate = blocks[:, sub, None, None] if gate is None else gate * blocks[:, sub, None, None]
         gates.append(gate)
-    y = block.drop_path1(block.ls1(mixer(normed, None, heads, key_mask, None)))
+    y = block.drop_path1(block.ls1(mixer(normed, None, heads, key_mask, None, x.shape[1])))
     x = x + (y if gates[0] is None else gates[0] * y)
     y = block.drop_path2(block.ls2(block.mlp(block.norm2(x))))
     return x + (y if gates[1] is None else gates[1] * y)
 
 
 def _kept_tokens(patches: Optional[torch.Tensor]) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
-    """Per image, the indices of its kept tokens in order, padded to the batch's largest count by repeating
-    the last one [B, n], and which slots are real [B, n] (None: all); (None, None) when every token is kept."""
-    if patches is None:
+    """Per image, the indices of its kept tokens (``patches`` [B, N] bool) in order, padded to the batch's largest
+    count by repeating the last one [B, n], and which slots are real [B, n] (None: all); (None, None) when every
+    token is kept."""
+    if patches is None or bool(patches.all()):
         return None, None
-    keep = patches > 0.5
-    if len(keep) == 1:  # one image: its kept tokens, no padding
-        index = keep[0].nonzero()[:, 0]
-        return (None, None) if len(index) == keep.shape[1] else (index[None], None)
-    if bool(keep.all()):
-        return None, None
-    counts = keep.sum(1)
-    order = torch.sort((~keep).to(torch.uint8), dim=1, stable=True).indices[:, :int(counts.max())]
+    counts = patches.sum(1)
+    order = torch.sort((~patches).to(torch.uint8), dim=1, stable=True).indices[:, :int(counts.max())]
     valid = torch.arange(order.shape[1], device=order.device) < counts[:, None]
     last = order.gather(1, (counts - 1).clamp(min=0)[:, None])
     return torch.where(valid, order, last), valid
 
 
-def _add_to_rows(x: torch.Tensor, source: torch.Tensor, rows: Optional[torch.Tensor], index: Optional[torch.Tensor],
-                 valid: Optional[torch.Tensor], update) -> torch.Tensor:
+def _add_to_tokens(x: torch.Tensor, source: torch.Tensor, rows: Optional[torch.Tensor], index: Optional[torch.Tensor],
+                   valid: Optional[torch.Tensor], update) -> torch.Tensor:
     """x plus ``update`` of ``source``'s tokens (x itself, or a per-token function of it) on the chosen images
-    (``rows``; None: all) and tokens (``index`` with its ``valid`` slots; None: all), x itself elsewhere."""
-    xs, source = (x, source) if rows is None else (x[rows], source[rows])
-    if index is None:
-        out = xs + update(source, None, None)
-    else:
-        if rows is not None:
-            index, valid = index[rows], None if valid is None else valid[rows]
-        spread = index[..., None].expand(-1, -1, x.shape[-1])
-        change = update(source.gather(1, spread), index, valid)
-        out = xs.scatter_add(1, spread, change if valid is None else change * valid[..., None].to(x.dtype))
-    if rows is None:
-        return out
-    x = x.clone()
-    x[rows] = out
-    return x
+    (``rows``; None: all) and tokens (``index`` [B, n] with its ``valid`` slots; None: all), x itself elsewhere.
+    The chosen tokens are read and written back by one index_select and one index_add over the flattened batch."""
+    if rows is None and index is None:
+        return x + update(source, None, None)
+    B, N, C = x.shape
+    if rows is not None:
+        index = torch.arange(N, device=x.device).expand(len(rows), N) if index is None else index[rows]
+        valid = None if valid is None else valid[rows]
+    flat = index if rows is None and B == 1 else \
+        index + N * (torch.arange(B, device=x.device) if rows is None else rows)[:, None]
+    chosen = source.reshape(B * N, C).index_select(0, flat.flatten()).view(*flat.shape, C)
+    change = update(chosen, index, valid)
+    if valid is not None:  # padding slots add nothing
+        change = change * valid[..., None].to(change.dtype)
+    # index_add along dim 1 of [1, B N, C]: on CPU 2.5x faster than along dim 0 of [B N, C]
+    return x.reshape(1, B * N, C).index_add(1, flat.flatten(), change.reshape(1, -1, C).to(x.dtype)).view(B, N, C)
 
 
 def _images_running(blocks: Optional[torch.Tensor], sub: int) -> Tuple[bool, Optional[torch.Tensor]]:
-    """Whether any image runs sub-block ``sub`` (0: token mixer, 1: MLP), and which (None: all)."""
+    """Whether any image runs sub-block ``sub`` (0: token mixer, 1: MLP) of ``blocks`` [B, 2] bool, and which
+    (None: all)."""
     if blocks is None:
         return True, None
-    if len(blocks) == 1:  # one image: one Python decision
-        return bool(blocks[0, sub] > 0.5), None
-    on = blocks[:, sub] > 0.5
+    on = blocks[:, sub]
     if not bool(on.any()):
         return False, None
     return True, None if bool(on.all()) else on.nonzero()[:, 0]
 
 
 def _heads_running(heads: Optional[torch.Tensor], rows: Optional[torch.Tensor], num_heads: int):
-    """The heads that some running image keeps (None: all), and each image's gate over them (None: all kept)."""
+    """The heads that some running image keeps (``heads`` [B, H] bool; None: all), and each image's gate over them
+    (None: all kept)."""
     if heads is None:
         return None, None
-    if len(heads) == 1:  # one image: its kept heads, no gate
-        kept = heads[0].nonzero()[:, 0]
-        return (None if len(kept) == num_heads else kept), None
-    chosen = heads > 0.5 if rows is None else heads[rows] > 0.5
+    chosen = heads if rows is None else heads[rows]
     if bool(chosen.all()):
         return None, None
     kept = chosen.any(0).nonzero()[:, 0]
@@ -257,23 +278,49 @@ def _heads_running(heads: Optional[torch.Tensor], rows: Optional[torch.Tensor], 
     return (None if len(kept) == num_heads else kept), (None if bool(gate.all()) else gate)
 
 
-def _skipped_block(block: nn.Module, mixer: TokenMixer, x: torch.Tensor, normed: torch.Tensor,
-                   patches: Optional[torch.Tensor], heads: Optional[torch.Tensor],
-                   blocks: Optional[torch.Tensor]) -> torch.Tensor:
-    """One block computing only what its decisions keep: the inference form (same outputs as the masked one).
-    ``normed`` is block.norm1(x), already computed for the decisions."""
-    index, valid = _kept_tokens(patches)
-    run, rows = _images_running(blocks, 0)
-    if run:
-        kept_heads, gate = _heads_running(heads, rows, mixer.num_heads)
+Plan = Tuple  # (index, valid, (mixer runs, rows), (MLP runs, rows), heads, head gate): what a skipped block computes
 
+
+def _plan_images(decide: DecisionNetwork, keep: torch.Tensor, cls_index: int, prefix: torch.Tensor,
+                 num_heads: int) -> Plan:
+    """The plan of a batch of images: tokens padded per image, sub-blocks run on the images that keep them."""
+    patches, heads, blocks = decide.split(keep, cls_index, prefix)
+    index, valid = _kept_tokens(patches)
+    mixer, mlp = _images_running(blocks, 0), _images_running(blocks, 1)
+    kept_heads, gate = _heads_running(heads, mixer[1], num_heads) if mixer[0] else (None, None)
+    return index, valid, mixer, mlp, kept_heads, gate
+
+
+def _plan_image(decide: DecisionNetwork, keep: torch.Tensor, cls_index: int, prefix: torch.Tensor) -> Plan:
+    """The plan of a single image, its head and sub-block decisions read at once as Python values (at batch 1 each
+    small tensor operation costs about as much as the arithmetic it would save)."""
+    row = (keep[0, cls_index] if decide.per_token else keep[0]).tolist()
+    mixer_on, mlp_on = row[decide.slots['blocks']] if 'blocks' in decide.slots else (True, True)
+    kept_heads = index = None
+    if mixer_on and 'heads' in decide.slots:
+        chosen = row[decide.slots['heads']]
+        if not all(chosen):
+            kept_heads = torch.tensor([h for h, on in enumerate(chosen) if on], device=keep.device)
+    if decide.per_token and (mixer_on or mlp_on):
+        kept = (keep[0, :, 0] | prefix).nonzero()[:, 0]
+        index = None if len(kept) == len(prefix) else kept[None]
+    return index, None, (mixer_on, None), (mlp_on, None), kept_heads, None
+
+
+def _skipped_block(block: nn.Module, mixer: TokenMixer, x: torch.Tensor, normed: torch.Tensor, plan: Plan):
+    """One block computing only what its plan keeps: the inference form (same outputs as the masked one on the
+    same decisions). ``normed`` is block.norm1(x), already computed for the decisions."""
+    index, valid, (mixer_on, mixer_rows), (mlp_on, mlp_rows), kept_heads, gate = plan
+    length = x.shape[1]
+    if mixer_on:
         def mix(tokens, idx, ok):
             positions = idx if mixer.is_retention else None  # ViR: kept tokens keep their distances
-            return block.ls1(mixer(tokens, kept_heads, gate, ok, positions))
-        x = _add_to_rows(x, normed, rows, index, valid, mix)
-    run, rows = _images_running(blocks, 1)
-    if run:
-        x = _add_to_rows(x, x, rows, index, valid, lambda tokens, idx, ok: block.ls2(block.mlp(block.norm2(tokens))))
+            return block.ls1(mixer(tokens, kept_heads, gate, ok, positions, length))
+        x = _add_to_tokens(x, normed, mixer_rows, index, valid, mix)
+    if mlp_on:
+        def mlp(tokens, idx, ok):
+            return block.ls2(block.mlp(block.norm2(tokens)))
+        x = _add_to_tokens(x, x, mlp_rows, index, valid, mlp)
     return x
 
 
@@ -363,17 +410,20 @@ class AdaptiveVisionTransformer(nn.Module):
         skip = self.skips()
         blocks = self.backbone.blocks
         x = blocks[0](x)
-        taken: Dict[str, List[torch.Tensor]] = {kind: [] for kind in ADAPTABLE}
+        taken = []
         for block, mixer, decide in zip(blocks[1:], self._mixers, self.decisions):
             normed = block.norm1(x)
-            patches, heads, subs = decide(normed, cls_index, prefix)
-            for kind, value in zip(ADAPTABLE, (patches, heads, subs)):
-                if value is not None:
-                    taken[kind].append(value)
-            execute = _skipped_block if skip else _masked_block
-            x = execute(block, mixer, x, normed, patches, heads, subs)
-        stacked = {kind: torch.stack(values, dim=1) if values else None for kind, values in taken.items()}
-        return self.backbone.norm(x), Decisions(stacked['patches'], stacked['heads'], stacked['blocks'], prefix)
+            keep = decide(normed, cls_index, hard=skip)
+            taken.append(keep)
+            if not skip:
+                x = _masked_block(block, mixer, x, normed, *decide.split(keep, cls_index, prefix))
+            else:
+                plan = _plan_image(decide, keep, cls_index, prefix) if len(x) == 1 else \
+                    _plan_images(decide, keep, cls_index, prefix, self.num_heads)
+                x = _skipped_block(block, mixer, x, normed, plan)
+        taken = torch.stack(taken, dim=1)  # [B, L, (N,) K]
+        decisions = Decisions(*self.decisions[0].split(taken.float() if skip else taken, cls_index, prefix), prefix)
+        return self.backbone.norm(x), decisions
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_adaptive(x)[0]

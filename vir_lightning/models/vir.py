@@ -36,7 +36,8 @@ from timm.models.vision_transformer import init_weights_vit_timm
 
 from ..errors import check_choice
 from .retention import (
-    DecaySchedule, Direction, Kernel, RetentionMode, check_retention, decay_dtype, decay_schedule, retention,
+    DecaySchedule, Direction, Kernel, RetentionMode, cached_parallel_decay, check_retention, decay_dtype,
+    decay_schedule, retention,
 )
 
 __all__ = ['VisionRetentionNetwork', 'Retention', 'RetentionBlock']
@@ -108,9 +109,10 @@ class Retention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, N, C = x.shape
         q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        decay = cached_parallel_decay(self.log_decay, N, self.direction, q) if self.mode == 'parallel' else None
         out = retention(
             q * self.scale, k, v, self._log_decay(q),
-            mode=self.mode, direction=self.direction, chunk_size=self.chunk_size, kernel=self.kernel,
+            mode=self.mode, direction=self.direction, chunk_size=self.chunk_size, kernel=self.kernel, decay=decay,
         )
         out = self.head_norm(out.transpose(1, 2)).reshape(B, N, C)
         if self.norm_weight is not None:
