@@ -77,6 +77,30 @@ def test_skipped_inference_equals_the_masked_forward_on_the_same_decisions(famil
 
 
 @pytest.mark.parametrize('family', sorted(FAMILIES))
+def test_intermediate_maps_are_timms_and_skipping_keeps_them(family):
+    """What a dense head reads: at "keep everything" the maps of timm's features_only model, and skipped
+    heads and blocks give the masked forward's maps."""
+    name, kwargs = FAMILIES[family]
+    torch.manual_seed(0)
+    features = timm.create_model(name, **SMALL, **kwargs, features_only=True, out_indices=(1, 2, 3)).eval()
+    model = AdaptiveVisionTransformer(features.model, adapt=('heads', 'blocks')).eval()
+    images = _images(2)
+    maps, _ = model.forward_intermediates_adaptive(images, features.out_indices)
+    for ours, timms in zip(maps, features(images), strict=True):
+        torch.testing.assert_close(ours, timms, rtol=1e-5, atol=1e-5)
+    _shake(model).double()
+    model.execution = 'mask'
+    masked, decisions = model.forward_intermediates_adaptive(images.double(), features.out_indices)
+    assert 0.05 < float(decisions.usage()['blocks'].detach()) < 0.95
+    model.execution = 'skip'
+    with torch.no_grad():
+        skipped, _ = model.forward_intermediates_adaptive(images.double(), features.out_indices)
+    for a, b in zip(skipped, masked, strict=True):
+        assert a.shape == (2, SMALL['embed_dim'], 6, 6)
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize('family', sorted(FAMILIES))
 def test_decisions_start_as_keep_so_the_wrapped_model_is_the_backbone(family):
     backbone = _backbone(family).eval()
     model = AdaptiveVisionTransformer(backbone).eval()

@@ -29,11 +29,12 @@ Choices beyond the official code (MengLcool/AdaViT; DeiT and T2T, classification
 """
 import math
 from dataclasses import dataclass
-from typing import Dict, Literal, Optional, Sequence, Tuple, get_args
+from typing import Dict, List, Literal, Optional, Sequence, Tuple, Union, get_args
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from timm.models._features import feature_take_indices
 
 from ..errors import check_choice
 from .retention import cached_parallel_decay, retention
@@ -388,30 +389,31 @@ class AdaptiveVisionTransformer(nn.Module):
         self.num_classes = backbone.num_classes
         self.num_features = backbone.num_features
 
-    def _embed(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, int]:
-        """Tokens [B, N, C], which are prefix tokens [N] bool, and the class token's index."""
+    def _embed(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, int, Tuple[int, int]]:
+        """Tokens [B, N, C], which are prefix tokens [N] bool, the class token's index and the patch grid."""
         backbone = self.backbone
         if self.is_retention:
-            x, _ = backbone._embed(x)
+            x, grid = backbone._embed(x)
             prefix = torch.zeros(x.shape[1], dtype=torch.bool, device=x.device)
             prefix[-1] = True  # ViR's class token is last
-            return x, prefix, x.shape[1] - 1
+            return x, prefix, x.shape[1] - 1, grid
+        grid = tuple(backbone.patch_embed.dynamic_feat_size(x.shape[-2:]))
         x = backbone.norm_pre(backbone.patch_drop(backbone._pos_embed(backbone.patch_embed(x))))
         prefix = torch.arange(x.shape[1], device=x.device) < backbone.num_prefix_tokens
-        return x, prefix, 0
+        return x, prefix, 0, grid
 
     def skips(self) -> bool:
         """Whether this forward computes only what is kept (else it masks)."""
         return self.execution == 'skip' or (self.execution == 'auto' and not self.training)
 
-    def forward_adaptive(self, x: torch.Tensor) -> Tuple[torch.Tensor, Decisions]:
-        """Normalised final tokens and the decisions that produced them."""
-        x, prefix, cls_index = self._embed(x)
+    def _forward_blocks(self, x: torch.Tensor, take: Sequence[int] = ()):
+        """Final tokens, the outputs of blocks ``take``, the decisions, prefix mask and patch grid."""
+        x, prefix, cls_index, grid = self._embed(x)
         skip = self.skips()
         blocks = self.backbone.blocks
         x = blocks[0](x)
-        taken = []
-        for block, mixer, decide in zip(blocks[1:], self._mixers, self.decisions):
+        taken, outputs = [], [x] if 0 in take else []
+        for i, (block, mixer, decide) in enumerate(zip(blocks[1:], self._mixers, self.decisions), start=1):
             normed = block.norm1(x)
             keep = decide(normed, cls_index, hard=skip)
             taken.append(keep)
@@ -421,9 +423,26 @@ class AdaptiveVisionTransformer(nn.Module):
                 plan = _plan_image(decide, keep, cls_index, prefix) if len(x) == 1 else \
                     _plan_images(decide, keep, cls_index, prefix, self.num_heads)
                 x = _skipped_block(block, mixer, x, normed, plan)
+            if i in take:
+                outputs.append(x)
         taken = torch.stack(taken, dim=1)  # [B, L, (N,) K]
         decisions = Decisions(*self.decisions[0].split(taken.float() if skip else taken, cls_index, prefix), prefix)
+        return x, outputs, decisions, grid
+
+    def forward_adaptive(self, x: torch.Tensor) -> Tuple[torch.Tensor, Decisions]:
+        """Normalised final tokens and the decisions that produced them."""
+        x, _, decisions, _ = self._forward_blocks(x)
         return self.backbone.norm(x), decisions
+
+    def forward_intermediates_adaptive(self, x: torch.Tensor, indices: Union[int, Sequence[int]]
+                                       ) -> Tuple[List[torch.Tensor], Decisions]:
+        """The patch maps [B, C, h, w] after blocks ``indices`` (timm's convention: an int n takes the last n),
+        un-normalised as timm's forward_intermediates gives them to dense heads, and the decisions."""
+        take, _ = feature_take_indices(len(self.backbone.blocks), indices)
+        _, outputs, decisions, (h, w) = self._forward_blocks(x, take)
+        patches = ~decisions.prefix
+        maps = [y[:, patches].reshape(len(y), h, w, -1).permute(0, 3, 1, 2).contiguous() for y in outputs]
+        return maps, decisions
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_adaptive(x)[0]

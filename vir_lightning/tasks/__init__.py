@@ -1,8 +1,10 @@
 """Thin LightningModules pairing a backbone with a head."""
 from .adaptive_classification import AdaptiveClassificationTask
+from .adaptive_segmentation import AdaptiveSegmentationTask
 from .base import VisionTask
 from .classification import ClassificationTask
 from .detection import DetectionTask
 from .segmentation import SegmentationTask
 
-__all__ = ['AdaptiveClassificationTask', 'VisionTask', 'ClassificationTask', 'DetectionTask', 'SegmentationTask']
+__all__ = ['AdaptiveClassificationTask', 'AdaptiveSegmentationTask', 'VisionTask', 'ClassificationTask',
+           'DetectionTask', 'SegmentationTask']

@@ -101,6 +101,12 @@ class SegmentationTask(VisionTask):
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         images, masks = batch
         logits, aux = self(images)
+        loss = self.segmentation_loss(logits, aux, masks)
+        self.log('train/loss', loss, prog_bar=True)
+        return loss
+
+    def segmentation_loss(self, logits: torch.Tensor, aux: Optional[torch.Tensor], masks: torch.Tensor) -> torch.Tensor:
+        """Pixel cross-entropy of the decode head plus the weighted auxiliary one (each logged)."""
         loss_decode = self.criterion(_resize(logits, masks.shape[-2:]), masks)
         loss = loss_decode
         self.log('train/loss_decode', loss_decode)
@@ -108,7 +114,6 @@ class SegmentationTask(VisionTask):
             loss_aux = self.criterion(_resize(aux, masks.shape[-2:]), masks)
             loss = loss + self.hparams.aux_weight * loss_aux
             self.log('train/loss_aux', loss_aux)
-        self.log('train/loss', loss, prog_bar=True)
         return loss
 
     def _evaluate(self, batch, metrics: MetricCollection, stage: str) -> Dict[str, torch.Tensor]:

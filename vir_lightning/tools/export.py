@@ -230,6 +230,10 @@ def main(argv: Optional[List[str]] = None) -> List[Path]:
         if missing:
             raise UserError(f"--format onnx needs {', '.join(missing)}: pip install 'vir-lightning[export]'")
     task = load_task(args.ckpt_path)
+    if hasattr(task, 'adapt_backbone'):  # AdaViT's tasks: per-image decisions, data-dependent control flow
+        raise UserError(f"--ckpt_path '{args.ckpt_path}' is an AdaViT checkpoint ({type(task).__name__}): export "
+                        f"writes plain timm models and fixed ONNX graphs, which cannot skip per image; run it with "
+                        f"vir_lightning predict, or export the checkpoint it was fine-tuned from")
     if args.format == 'onnx':
         for line in export_onnx(task, [output / name for name in names], args.retention_mode, args.image_size):
             print(line)
