@@ -206,6 +206,14 @@ def test_the_segmentation_demo_fine_tunes_head_and_block_policies(seg_runs, tmp_
     assert set(ada['usage']) == {'heads', 'blocks'} and 0 < ada['gflops'] <= full['gflops'] * 1.02
 
 
+@pytest.mark.parametrize('backbone', ['qna_vit_tiny', 'resnet18'])
+def test_a_segmentation_backbone_adavit_cannot_adapt_is_named(tmp_path, monkeypatch, capsys, backbone):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_main(['fit', '--config', 'seg_demo_adavit.yaml', *TINY_SEG, f'--model.backbone={backbone}'],
+                            capsys)
+    one_line_error(code, err, 'AdaViT adapts ViR')
+
+
 def test_segmentation_keeps_every_patch(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     code, _, err = run_main(['fit', '--config', 'seg_demo_adavit.yaml', *TINY_SEG, '--model.adapt=[patches]'], capsys)

@@ -50,9 +50,9 @@ class AdaptiveSegmentationTask(AdaptiveTask, SegmentationTask):
         check_adaptive_options(targets, tau)
         super().__init__(**kwargs)
         features = self.backbone  # timm's features_only wrapper: the model it prunes, and the blocks it reads
-        self.out_indices = features.out_indices
-        self.backbone = self.adapt_backbone(features.model, adapt, targets,
+        self.backbone = self.adapt_backbone(getattr(features, 'model', features), adapt, targets,
                                             {'heads': head_weight, 'blocks': block_weight}, tau, init_checkpoint)
+        self.out_indices = features.out_indices
         self._seen: Optional[List[Decisions]] = None
 
     def forward(self, images: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
