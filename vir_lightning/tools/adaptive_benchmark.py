@@ -72,9 +72,11 @@ def timing_images(images: List[torch.Tensor], multiple: int) -> torch.Tensor:
     return torch.stack([crop(image) for image in images])
 
 
-def pass_seconds(forwards: List, images: torch.Tensor, batch_size: int, warmup: int, repeats: int) -> List[List[float]]:
-    """Seconds of each pass of each forward over ``images`` in batches, the forwards interleaved pass by pass: this
-    machine's speed drifts by 10-30% within minutes, so two models timed one after the other compare moments."""
+def pass_seconds(forwards: List, images: torch.Tensor, batch_size: int, warmup: int,
+                 repeats: int) -> Tuple[int, List[List[float]]]:
+    """The images one pass covers, and the seconds of each pass of each forward over them in batches, the forwards
+    interleaved pass by pass: this machine's speed drifts by 10-30% within minutes, so two models timed one after
+    the other compare moments."""
     batches = list(images.split(batch_size))
     if len(batches[-1]) < batch_size and len(batches) > 1:
         batches = batches[:-1]
@@ -87,7 +89,7 @@ def pass_seconds(forwards: List, images: torch.Tensor, batch_size: int, warmup: 
                     forward(batch)
                 if repeat >= warmup:
                     seconds.append(time.perf_counter() - start)
-    return times
+    return sum(len(batch) for batch in batches), times
 
 
 def counted_macs(model, images: List[torch.Tensor], multiple: int) -> float:
@@ -147,7 +149,7 @@ def _forwards(task):
     return task, lambda batch: task.head(model.backbone(batch))
 
 
-def measure(path: Path, images: torch.Tensor, targets: torch.Tensor, args) -> Dict:
+def measure(path: Path, images: List[torch.Tensor], targets: List[torch.Tensor], args) -> Dict:
     from ..checkpoints import load_task
     from ..tasks.adaptive import TARGET_OPTIONS
     from ..tasks.backbone import patch_size
@@ -180,9 +182,8 @@ def measure(path: Path, images: torch.Tensor, targets: torch.Tensor, args) -> Di
     record['images_per_s'], record['full_images_per_s'], record['speed_up'] = {}, {}, {}
     for batch_size in args.batch_sizes:
         # an AdaViT model beside the same weights with every decision ignored: what the adaptation saves
-        times = pass_seconds([timed_forward, plain] if adaptive else [timed_forward], timed, batch_size,
-                             args.warmup, args.repeats)
-        count = len(timed) // batch_size * batch_size if len(timed) >= batch_size else len(timed)
+        count, times = pass_seconds([timed_forward, plain] if adaptive else [timed_forward], timed, batch_size,
+                                    args.warmup, args.repeats)
         record['images_per_s'][batch_size] = count / statistics.median(times[0])
         if adaptive:
             record['full_images_per_s'][batch_size] = count / statistics.median(times[1])
