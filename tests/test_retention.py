@@ -198,7 +198,7 @@ def test_bad_arguments_raise(kwargs, needle):
     if 'mode' in kwargs:
         with pytest.raises(ValueError, match=needle):
             module.set_mode(kwargs['mode'], kwargs.get('chunk_size'))
-        assert module.mode == 'parallel'  # a rejected switch leaves the module as it was
+        assert module.mode == 'auto'  # a rejected switch leaves the module as it was
 
 
 # ----------------------------------------------------------------------------------------------
@@ -483,8 +483,7 @@ def test_the_cached_decay_gives_the_same_bits_and_trains_after_inference(directi
     assert cached_parallel_decay(module.log_decay, 9, direction, x) is not None
     q, k, v = module.qkv(x).reshape(2, 9, 3, 4, 8).permute(2, 0, 3, 1, 4).unbind(0)
     built = retention(q * module.scale, k, v, module._log_decay(q), mode='parallel', direction=direction)
-    expected = module.proj(module.head_norm(built.transpose(1, 2)).reshape(2, 9, 32) * module.norm_weight
-                           + module.norm_bias)
+    expected = module.proj(module.normalize_heads(built))
     assert torch.equal(cached, expected.detach())
     module.train()
     module(x).square().sum().backward()

@@ -112,11 +112,11 @@ def test_any_retention_form_at_inference_gives_the_same_masks():
         assert task.backbone.model.retention_mode == 'chunkwise'
         chunkwise = task.predict_logits(images)
         task.on_validation_end()  # validation mid-epoch: training resumes in its own form
-        assert task.backbone.model.retention_mode == 'parallel'
+        assert task.backbone.model.retention_mode == 'auto'
     torch.testing.assert_close(chunkwise, parallel, atol=1e-4, rtol=1e-4)
     fresh = make_task(backbone_kwargs={**TINY, 'direction': 'bidirectional'}, inference_retention_mode='chunkwise')
     fresh.on_train_epoch_start()  # training before any validation (no sanity check)
-    assert fresh.backbone.model.retention_mode == 'parallel'
+    assert fresh.backbone.model.retention_mode == 'auto'
 
 
 @pytest.mark.parametrize('option,choices', [('--model.inference=tiles', 'inference'), ('--model.head=segformer', 'uper')])

@@ -167,12 +167,7 @@ class TokenMixer:
             decay = self._parallel_decay(q, heads, positions, length)
             out = retention(q * m.scale, k, v, log_decay, mode=m.mode, direction=m.direction, chunk_size=m.chunk_size,
                             kernel=m.kernel, positions=positions, decay=decay)
-            out = m.head_norm(out.transpose(1, 2))  # [B, N, h, d]
-            if m.norm_weight is not None:
-                scale, shift = m.norm_weight.view(-1, d), m.norm_bias.view(-1, d)
-                if heads is not None:
-                    scale, shift = scale.index_select(0, heads), shift.index_select(0, heads)
-                out = out * scale + shift
+            out = m.normalize_heads(out, heads).view(B, N, h, d)
         else:
             q, k = m.q_norm(q), m.k_norm(k)
             scores = (q * m.scale) @ k.transpose(-1, -2)  # timm's unfused attention: flop_counter counts it on CPU

@@ -14,6 +14,8 @@ Three forms compute the same numbers:
   O(N) time and O(1) state, a Python loop over tokens (a reference, and for streaming).
 * ``chunkwise``: parallel inside chunks of ``chunk_size`` tokens, recurrent across chunks;
   O(N C d) time, no N x N tensor. The form for high resolution.
+* ``auto``: parallel up to ``AUTO_PARALLEL_MAX_TOKENS`` tokens, chunkwise above (as flash-linear-attention's
+  layers pick a kernel by sequence length): the faster form at every size on CPU, measured on ViR-T.
 
 Bidirectional retention is exact: chunkwise, in one pass (symmetric decay inside chunks, a forward
 and a backward scan over chunk states); recurrent and on flash-linear-attention's kernels, as two
@@ -36,7 +38,7 @@ import torch.nn.functional as F
 from ..errors import check_choice
 from .retention_fla import causal_retention_fla, fla_available
 
-RetentionMode = Literal['parallel', 'recurrent', 'chunkwise']
+RetentionMode = Literal['parallel', 'recurrent', 'chunkwise', 'auto']
 Direction = Literal['causal', 'bidirectional']
 DecaySchedule = Literal['vir', 'retnet']
 Kernel = Literal['auto', 'torch', 'fla']
@@ -45,6 +47,15 @@ DIRECTIONS = get_args(Direction)
 DECAY_SCHEDULES = get_args(DecaySchedule)
 KERNELS = get_args(Kernel)
 CACHED_DECAY_ELEMENTS = 2 ** 20  # parallel-form decay matrices kept up to 4 MB in float32 (at most 8 of them)
+# ViR-T, 2 CPU threads, bidirectional, chunk 64: chunkwise/parallel time 1.30 at 197 tokens, 1.06 at 401, 0.65 at 485
+AUTO_PARALLEL_MAX_TOKENS = 448
+
+
+def resolve_mode(mode: str, num_tokens: int) -> str:
+    """The form ``mode`` runs on ``num_tokens`` tokens: ``auto`` made concrete, any other mode itself."""
+    if mode != 'auto':
+        return mode
+    return 'parallel' if num_tokens <= AUTO_PARALLEL_MAX_TOKENS else 'chunkwise'
 
 
 def check_retention(mode: str, direction: str, chunk_size: int, kernel: str) -> None:
@@ -196,13 +207,33 @@ def _merge_chunks(out: torch.Tensor, q: torch.Tensor, v: torch.Tensor, n: int) -
 
 def _scan(updates: torch.Tensor, decays: torch.Tensor, reverse: bool = False) -> torch.Tensor:
     """States entering each chunk: S_0 = 0, S_(i+1) = decays_i S_i + updates_i (chunks in reverse order
-    if ``reverse``). updates [B, H, nc, d, dv], decays [B', H, nc]; returns [B, H, nc, d, dv]."""
+    if ``reverse``). updates [B, H, nc, d, dv], decays [B', H, nc]; returns [B, H, nc, d, dv], written in
+    place into one buffer (a list of states and their stack would hold them twice)."""
     num_chunks = updates.shape[2]
-    order = range(num_chunks - 1, 0, -1) if reverse else range(num_chunks - 1)
-    states = [updates.new_zeros(updates[:, :, 0].shape)]
-    for i in order:
-        states.append(decays[:, :, i, None, None] * states[-1] + updates[:, :, i])
-    return torch.stack(states[::-1] if reverse else states, dim=2)
+    states = torch.zeros_like(updates)
+    in_place = not (torch.is_grad_enabled() and updates.requires_grad)  # out= has no autograd
+    steps = range(num_chunks - 1, 0, -1) if reverse else range(num_chunks - 1)
+    for i in steps:
+        j = i - 1 if reverse else i + 1
+        if in_place:  # no temporary per chunk: thousands of small blocks fragment the CPU heap
+            torch.addcmul(updates[:, :, i], decays[:, :, i, None, None], states[:, :, i], out=states[:, :, j])
+        else:
+            states[:, :, j] = torch.addcmul(updates[:, :, i], decays[:, :, i, None, None], states[:, :, i])
+    return states
+
+
+def _inner_chunks(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, inner_decay: torch.Tensor) -> torch.Tensor:
+    """Every chunk's own part, (Q K^T * D) V, with the scores decayed in place (matmul's backward does not need
+    its output, so autograd allows it)."""
+    return (q @ k.transpose(-1, -2)).mul_(inner_decay).to(v.dtype) @ v
+
+
+def _read_states(q: torch.Tensor, states: torch.Tensor, query_decay: torch.Tensor,
+                 out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """What each chunk's queries read from the state entering it, gamma^offset (q S), added into ``out`` if given:
+    the decay applied to the [C, dv] result, so no decayed copy of the queries is made."""
+    read = q.to(states.dtype) @ states
+    return read.mul_(query_decay) if out is None else out.addcmul_(read, query_decay)
 
 
 def _chunkwise_causal(
@@ -213,18 +244,16 @@ def _chunkwise_causal(
     n = q.shape[2]
     q, k, v, rel, span, lead = _split_chunks(q, k, v, chunk_size, positions)
     state_dtype = rel.dtype
-    inner_decay = _causal_decay(log_decay, rel[..., :, None] - rel[..., None, :])  # [B', H, nc', C, C]
-    scores = (q @ k.transpose(-1, -2)) * inner_decay
-    inner = scores.to(v.dtype) @ v
-
     with _full_precision(q):
         # chunk i contributes sum_j gamma^(last_i - p_j) k_j^T v_j to the state carried out of it
         key_decay = _decay_pow(log_decay, span[..., None] - rel)[..., None]  # [B', H, nc', C, 1]
-        updates = (k.to(state_dtype) * key_decay).transpose(-1, -2) @ v.to(state_dtype)  # [B, H, nc, d, dv]
-        states = _scan(updates, _decay_pow(log_decay, span + lead[..., :-1]))  # the state entering each chunk
-        query_decay = _decay_pow(log_decay, rel + lead[..., :-1, None])[..., None]  # p_j - last of the chunk before
-        cross = (q.to(state_dtype) * query_decay) @ states
-    return _merge_chunks(inner + cross, q, v, n)
+        states = _scan((k.to(state_dtype) * key_decay).transpose(-1, -2) @ v.to(state_dtype),
+                       _decay_pow(log_decay, span + lead[..., :-1]))  # the state entering each chunk
+        # token j is p_j - (last of the chunk before) past that state
+        out = _read_states(q, states, _decay_pow(log_decay, rel + lead[..., :-1, None])[..., None])
+        del states
+    inner = _inner_chunks(q, k, v, _causal_decay(log_decay, rel[..., :, None] - rel[..., None, :]))
+    return _merge_chunks(out.add_(inner), q, v, n)
 
 
 def _chunkwise_bidirectional(
@@ -234,28 +263,28 @@ def _chunkwise_bidirectional(
     """Two-sided retention in one pass: symmetric decay gamma^|p_i - p_j| inside each chunk (one batched
     matmul for both directions, diagonal counted once), plus a forward scan over the states of the
     chunks before and a backward scan over those after. Half the inner work of two causal passes,
-    and no flipped copies."""
+    and no flipped copies. Lean by construction: the two directions' states are made and read one after
+    the other, and the chunks' scores only once they are gone (at 16,384 tokens, each is as large as
+    the activations)."""
     n = q.shape[2]
     q, k, v, rel, span, lead = _split_chunks(q, k, v, chunk_size, positions)
     state_dtype = rel.dtype
-    inner_decay = _decay_pow(log_decay, (rel[..., :, None] - rel[..., None, :]).abs())  # [B', H, nc', C, C]
-    inner = ((q @ k.transpose(-1, -2)) * inner_decay).to(v.dtype) @ v
-
     with _full_precision(q):
-        k32, v32, q32 = k.to(state_dtype), v.to(state_dtype), q.to(state_dtype)
-        # what chunk i hands to later chunks (keys decayed to its last token) and to earlier ones (to its first)
-        to_later = (k32 * _decay_pow(log_decay, span[..., None] - rel)[..., None]).transpose(-1, -2) @ v32
-        to_earlier = (k32 * _decay_pow(log_decay, rel)[..., None]).transpose(-1, -2) @ v32
-        # the state before chunk i sits at the last token of chunk i - 1, the state after it at the first of i + 1
-        before = _scan(to_later, _decay_pow(log_decay, span + lead[..., :-1]))
-        after = _scan(to_earlier, _decay_pow(log_decay, span + lead[..., 1:]), reverse=True)
-        states = torch.cat([before, after], dim=-2)  # [B, H, nc, 2d, dv]
-        # token j is (its offset + lead) past the state before its chunk, (span - offset + next lead) before the next
-        to_before = _decay_pow(log_decay, rel + lead[..., :-1, None])[..., None]
-        to_after = _decay_pow(log_decay, span[..., None] - rel + lead[..., 1:, None])[..., None]
-        queries = torch.cat([q32 * to_before, q32 * to_after], dim=-1)
-        cross = queries @ states
-    return _merge_chunks(inner + cross, q, v, n)
+        k32, v32 = k.to(state_dtype), v.to(state_dtype)
+        # the state before chunk i sits at the last token of chunk i - 1: what earlier chunks hand on, keys
+        # decayed to their last token; token j is (its offset + lead) past it
+        before = _scan((k32 * _decay_pow(log_decay, span[..., None] - rel)[..., None]).transpose(-1, -2) @ v32,
+                       _decay_pow(log_decay, span + lead[..., :-1]))
+        out = _read_states(q, before, _decay_pow(log_decay, rel + lead[..., :-1, None])[..., None])
+        del before
+        # the state after chunk i sits at the first token of chunk i + 1: keys decayed to their chunk's first
+        # token; token j is (span - offset + next lead) before it
+        after = _scan((k32 * _decay_pow(log_decay, rel)[..., None]).transpose(-1, -2) @ v32,
+                      _decay_pow(log_decay, span + lead[..., 1:]), reverse=True)
+        _read_states(q, after, _decay_pow(log_decay, span[..., None] - rel + lead[..., 1:, None])[..., None], out)
+        del after
+    inner = _inner_chunks(q, k, v, _decay_pow(log_decay, (rel[..., :, None] - rel[..., None, :]).abs()))
+    return _merge_chunks(out.add_(inner), q, v, n)
 
 
 def _bidirectional(causal_fn, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_decay: torch.Tensor,
@@ -278,6 +307,15 @@ def _use_fla(kernel: str, q: torch.Tensor) -> bool:
                                "use kernel 'auto' to fall back to the PyTorch form elsewhere")
         return True
     return q.is_cuda and q.dtype != torch.float64 and fla_available()
+
+
+def chunk_padding(mode: str, kernel: str, x: torch.Tensor, num_tokens: int, chunk_size: int) -> int:
+    """How many zero tokens to append to ``num_tokens`` (ViR: the patches and the class token) so that the PyTorch
+    chunkwise form splits its inputs into chunks by views: ``Retention`` pads q, k and v together, in one copy,
+    where the form would pad each (3 more copies of the activations, beside the originals)."""
+    if resolve_mode(mode, num_tokens) != 'chunkwise' or _use_fla(kernel, x) or num_tokens <= chunk_size:
+        return 0
+    return -num_tokens % chunk_size
 
 
 def retention(
@@ -311,6 +349,7 @@ def retention(
     """
     if q.shape[-2] == 0:
         return v.new_zeros(v.shape)
+    mode = resolve_mode(mode, q.shape[-2])
     if mode == 'parallel':
         return retention_parallel(q, k, v, log_decay, direction, positions, decay)
     if mode == 'recurrent':

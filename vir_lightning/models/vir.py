@@ -24,6 +24,7 @@ from typing import Dict, List, Literal, Optional, Set, Tuple, Union, get_args
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import (
     DropPath, LayerScale, Mlp, PatchEmbed, calculate_drop_path_rates, register_notrace_function,
@@ -37,7 +38,7 @@ from timm.models.vision_transformer import init_weights_vit_timm
 from ..errors import check_choice
 from .retention import (
     DecaySchedule, Direction, Kernel, RetentionMode, cached_parallel_decay, check_retention, decay_dtype,
-    decay_schedule, retention,
+    chunk_padding, decay_schedule, resolve_mode, retention,
 )
 
 __all__ = ['VisionRetentionNetwork', 'Retention', 'RetentionBlock']
@@ -47,6 +48,7 @@ _logger = logging.getLogger(__name__)
 PosEmbed = Literal['learn', 'none']
 GlobalPool = Literal['', 'token', 'avg']
 POS_EMBEDS = get_args(PosEmbed)
+MLP_TOKENS_AT_ONCE = 4096  # inference on more tokens runs the MLP in slices of this many
 GLOBAL_POOLS = get_args(GlobalPool)
 
 
@@ -64,7 +66,7 @@ class Retention(nn.Module):
             dim: int,
             num_heads: int = 8,
             qkv_bias: bool = True,
-            mode: RetentionMode = 'parallel',
+            mode: RetentionMode = 'auto',
             direction: Direction = 'causal',
             chunk_size: int = 64,
             decay: DecaySchedule = 'vir',
@@ -86,7 +88,7 @@ class Retention(nn.Module):
         self.mode, self.chunk_size, self.kernel = mode, chunk_size, kernel
 
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
-        self.head_norm = nn.LayerNorm(self.head_dim, elementwise_affine=False) if head_norm else nn.Identity()
+        self.head_norm = head_norm
         self.norm_weight = nn.Parameter(torch.ones(dim)) if head_norm else None
         self.norm_bias = nn.Parameter(torch.zeros(dim)) if head_norm else None
         self.proj = nn.Linear(dim, dim)
@@ -108,16 +110,34 @@ class Retention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, N, C = x.shape
-        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        decay = cached_parallel_decay(self.log_decay, N, self.direction, q) if self.mode == 'parallel' else None
+        mode = resolve_mode(self.mode, N)
+        pad = chunk_padding(mode, self.kernel, x, N, self.chunk_size)
+        qkv = self.qkv(x)
+        if pad:  # zero tokens at the end change no real token's output in either direction
+            qkv = F.pad(qkv, (0, 0, 0, pad))
+        qkv = qkv.view(B, N + pad, 3, self.num_heads, self.head_dim)
+        qkv[:, :, 0].mul_(self.scale)  # q scaled in place: the projection's backward needs x, not its output
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        del qkv
+        decay = cached_parallel_decay(self.log_decay, N, self.direction, q) if mode == 'parallel' else None
         out = retention(
-            q * self.scale, k, v, self._log_decay(q),
-            mode=self.mode, direction=self.direction, chunk_size=self.chunk_size, kernel=self.kernel, decay=decay,
+            q, k, v, self._log_decay(q),
+            mode=mode, direction=self.direction, chunk_size=self.chunk_size, kernel=self.kernel, decay=decay,
         )
-        out = self.head_norm(out.transpose(1, 2)).reshape(B, N, C)
-        if self.norm_weight is not None:
-            out = out * self.norm_weight + self.norm_bias
-        return self.proj_drop(self.proj(out))
+        return self.proj_drop(self.proj(self.normalize_heads(out[:, :, :N])))
+
+    def normalize_heads(self, out: torch.Tensor, heads: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Retention output [B, h, N, d] of all heads (or of the ``heads`` kept) -> [B, N, h * d], each head of
+        each token normalised (LayerNorm over d, on the token-major copy the projection needs anyway) and
+        shifted and scaled in one ``addcmul``."""
+        B, h, N, d = out.shape
+        out = out.transpose(1, 2).reshape(B, N, h, d)
+        if not self.head_norm:
+            return out.view(B, N, h * d)
+        weight, bias = self.norm_weight, self.norm_bias
+        if heads is not None:
+            weight, bias = (p.view(-1, d).index_select(0, heads).flatten() for p in (weight, bias))
+        return torch.addcmul(bias, F.layer_norm(out, (d,)).view(B, N, h * d), weight)
 
     def extra_repr(self) -> str:
         return f'heads={self.num_heads}, mode={self.mode}, chunk_size={self.chunk_size}, ' \
@@ -151,9 +171,28 @@ class RetentionBlock(nn.Module):
         self.drop_path2 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_path1(self.ls1(self.retention(self.norm1(x))))
-        x = x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
-        return x
+        x = add_residual(x, self.retention(self.norm1(x)), self.ls1, self.drop_path1)
+        return add_residual(x, self._mlp(x), self.ls2, self.drop_path2)
+
+    def _mlp(self, x: torch.Tensor) -> torch.Tensor:
+        """mlp(norm2(x)); without autograd, on long sequences, ``MLP_TOKENS_AT_ONCE`` tokens at a time (exact: it
+        acts per token), so its 4x-wide hidden layer is never held for all of them: at high resolution that
+        layer, not retention, is a block's memory peak."""
+        if torch.is_grad_enabled() or x.shape[1] <= MLP_TOKENS_AT_ONCE:
+            return self.mlp(self.norm2(x))
+        out = torch.empty_like(x)
+        for start in range(0, x.shape[1], MLP_TOKENS_AT_ONCE):
+            part = slice(start, start + MLP_TOKENS_AT_ONCE)
+            out[:, part] = self.mlp(self.norm2(x[:, part]))
+        return out
+
+
+def add_residual(x: torch.Tensor, y: torch.Tensor, layer_scale: nn.Module, drop_path: nn.Module) -> torch.Tensor:
+    """x + drop_path(layer_scale(y)); where both are plain scalings (no drop path this step) one ``addcmul``
+    instead of a multiply and an add: 2 of a block's ~25 small ops at 224 px."""
+    if isinstance(layer_scale, LayerScale) and (isinstance(drop_path, nn.Identity) or not drop_path.training):
+        return torch.addcmul(x, y, layer_scale.gamma)
+    return x + drop_path(layer_scale(y))
 
 
 @register_notrace_function  # FX: runs on the real input, so the message names its real size
@@ -198,7 +237,7 @@ class VisionRetentionNetwork(nn.Module):
             init_values: Optional[float] = 1e-5,
             class_token: bool = True,
             pos_embed: PosEmbed = 'learn',
-            retention_mode: RetentionMode = 'parallel',
+            retention_mode: RetentionMode = 'auto',
             chunk_size: int = 64,
             retention_kernel: Kernel = 'auto',
             direction: Direction = 'causal',

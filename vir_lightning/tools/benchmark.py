@@ -7,7 +7,11 @@ AdaViT checkpoints save, in real throughput (``adaptive_benchmark.py``).
 For every backbone, resolution and (for ViR) retention form it measures, after warm-up and as
 the median of repeated runs: inference images/s, training-step images/s (forward, backward and
 an AdamW step) and peak memory, for the backbone alone or with a dense head (UPerNet or Faster
-R-CNN). ViT runs timm's ``scaled_dot_product_attention`` pinned to the flash backend (bf16 on
+R-CNN). By default (``--timing interleaved``) every model of a size is timed in one process, one pass
+of each per round in rotating order, and a speed-up is the median of the round-by-round ratios: what
+a user comparing the two models on the same machine gets. On a machine whose speed drifts by 10-30%
+within minutes (shared CPUs), timing each point on its own, minutes apart (``--timing isolated``),
+can read a ratio 10% off either way. ViT runs timm's ``scaled_dot_product_attention`` pinned to the flash backend (bf16 on
 GPU), and the backend that actually ran is recorded. Out-of-memory points are recorded as OOM
 and the run goes on. Results: a JSON file with every raw figure and the device, versions,
 dtype, batch and command; a CSV; a markdown table; a plot of throughput and memory against
@@ -222,17 +226,14 @@ def measure_isolated(name: str, size: int, head: str, mode: Optional[str], args,
         _record(name, size, head, mode, args, dtype, status='OOM')
 
 
-def _run(model, images, head: str, args, device: torch.device, autocast) -> Dict:
-    figures = {}
+def _inference_step(model, images: torch.Tensor, head: str) -> Callable[[], None]:
     model.eval()
-    as_list = head == 'faster_rcnn'
-    inputs = list(images) if as_list else images
-    with torch.inference_mode(), autocast, peak_memory(device) as memory:
-        times = median_seconds(lambda: model(inputs), device, args.warmup, args.repeats)
-    figures.update(infer_seconds=statistics.median(times), infer_images_per_s=len(images) / statistics.median(times),
-                   infer_peak_mb=memory['mb'], infer_times=times)
-    if not args.train:
-        return figures
+    inputs = list(images) if head == 'faster_rcnn' else images
+    return lambda: model(inputs)
+
+
+def _training_step(model, images: torch.Tensor, head: str, args, device: torch.device, autocast) -> Callable[[], None]:
+    """Forward, backward and an AdamW step."""
     model.train()
     for module in model.modules():  # frozen BatchNorm: UPerNet's pooled 1x1 maps cannot train BN at batch 1
         if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
@@ -240,6 +241,8 @@ def _run(model, images, head: str, args, device: torch.device, autocast) -> Dict
     if args.grad_checkpointing:
         getattr(getattr(model, 'backbone', model), 'set_grad_checkpointing', lambda *_: None)(True)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    as_list = head == 'faster_rcnn'
+    inputs = list(images) if as_list else images
     targets = _detection_targets(len(images), images.shape[-1], device) if as_list else None
 
     def step():
@@ -248,12 +251,86 @@ def _run(model, images, head: str, args, device: torch.device, autocast) -> Dict
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+    return step
 
+
+def _figures(kind: str, times: List[float], batch: int) -> Dict:
+    median = statistics.median(times)
+    return {f'{kind}_seconds': median, f'{kind}_images_per_s': batch / median, f'{kind}_times': times}
+
+
+def _run(model, images, head: str, args, device: torch.device, autocast) -> Dict:
+    with torch.inference_mode(), autocast, peak_memory(device) as memory:
+        times = median_seconds(_inference_step(model, images, head), device, args.warmup, args.repeats)
+    figures = {**_figures('infer', times, len(images)), 'infer_peak_mb': memory['mb']}
+    if not args.train:
+        return figures
+    step = _training_step(model, images, head, args, device, autocast)
     with peak_memory(device) as memory:
         times = median_seconds(step, device, args.warmup, args.repeats)
-    figures.update(train_seconds=statistics.median(times), train_images_per_s=len(images) / statistics.median(times),
-                   train_peak_mb=memory['mb'], train_times=times)
-    return figures
+    return {**figures, **_figures('train', times, len(images)), 'train_peak_mb': memory['mb']}
+
+
+# ---- interleaved timing ----------------------------------------------------------------------------
+def interleaved_seconds(steps: List[Callable[[], None]], device: torch.device, warmup: int,
+                        repeats: int) -> List[List[float]]:
+    """Each step's time in every one of ``repeats`` rounds, one pass of every step per round (the order rotated
+    round by round), after ``warmup`` untimed passes of each: models compared in the same seconds of a machine
+    whose speed drifts, so that round r of two models can be divided."""
+    for step in steps:
+        for _ in range(warmup):
+            step()
+    times = [[] for _ in steps]
+    for r in range(repeats):
+        for i in [(r + j) % len(steps) for j in range(len(steps))]:
+            _synchronize(device)
+            start = time.perf_counter()
+            steps[i]()
+            _synchronize(device)
+            times[i].append(time.perf_counter() - start)
+    return times
+
+
+def time_interleaved(records: List[Dict], head: str, args, device: torch.device, dtype: torch.dtype) -> None:
+    """Replace the timings of the ``records`` (one size, every model that ran) by interleaved ones, measured with
+    all their models in this process, pass by pass."""
+    autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
+    models, images, pinned = [], None, []
+    for r in records:
+        torch.manual_seed(0)
+        models.append(build_model(r['backbone'], r['size'], head, r['retention_mode'], args).to(device))
+        backend = r.get('sdpa_backend', 'none').upper()
+        pinned.append(backend if backend in SDPA_ORDER else None)
+    images = torch.randn(args.batch_size, 3, records[0]['size'], records[0]['size'], device=device)
+
+    def pinned_step(step, backend):
+        def run():
+            with sdpa_backend(backend):
+                step()
+        return run
+
+    with torch.inference_mode(), autocast:
+        steps = [pinned_step(_inference_step(m, images, head), b) for m, b in zip(models, pinned)]
+        for r, times in zip(records, interleaved_seconds(steps, device, args.warmup, args.repeats)):
+            r.update(_figures('infer', times, len(images)))
+    if args.train:
+        steps = [pinned_step(_training_step(m, images, head, args, device, autocast), b)
+                 for m, b in zip(models, pinned)]
+        for r, times in zip(records, interleaved_seconds(steps, device, args.warmup, args.repeats)):
+            r.update(_figures('train', times, len(images)))
+    for r in records:
+        r['timing'] = 'interleaved'
+
+
+def paired_ratio(ours: Dict, base: Dict, kind: str) -> Optional[float]:
+    """How many times faster ``ours`` is than ``base``: the median of the round-by-round ratios when both were
+    timed interleaved, else the ratio of their medians."""
+    a, b = ours.get(f'{kind}_times'), base.get(f'{kind}_times')
+    if not a or not b:
+        return None
+    if ours.get('timing') == base.get('timing') == 'interleaved' and len(a) == len(b):
+        return statistics.median(tb / ta for ta, tb in zip(a, b))
+    return statistics.median(b) / statistics.median(a)
 
 
 # ---- plan, outputs ---------------------------------------------------------------------------------
@@ -342,7 +419,8 @@ def markdown_table(results: List[Dict], meta: Dict) -> str:
 
 
 def ratio_table(results: List[Dict]) -> str:
-    """Fastest ViR form, and QnA-ViT, over the ViT, per size (throughput ratios; > 1: faster than ViT)."""
+    """ViR (the ``auto`` form if measured: what a user gets; else the fastest form) and QnA-ViT over the ViT, per
+    size: speed-ups (> 1: faster than ViT; median of paired ratios when timed interleaved) and memory ratios."""
     rows = ['| size | model | / ViT inference | / ViT training | / ViT inference memory |', '|---|---|---|---|---|']
     ok = [r for r in results if r['status'] == 'ok']
     for size in sorted({r['size'] for r in ok}):
@@ -351,12 +429,12 @@ def ratio_table(results: List[Dict]) -> str:
             ours = [r for r in ok if r['size'] == size and r['family'] == name]
             if not ours or not vit:
                 continue
-            best, base = max(ours, key=lambda r: r['infer_images_per_s']), vit[0]
-            train = best['train_images_per_s'] / base['train_images_per_s'] \
-                if base.get('train_images_per_s') and best.get('train_images_per_s') else None
+            auto = [r for r in ours if r.get('retention_mode') == 'auto']
+            best, base = auto[0] if auto else max(ours, key=lambda r: r['infer_images_per_s']), vit[0]
+            infer, train = paired_ratio(best, base, 'infer'), paired_ratio(best, base, 'train')
             memory = best['infer_peak_mb'] / base['infer_peak_mb'] if base['infer_peak_mb'] else None
-            rows.append(f"| {size} | {label(best)} | {best['infer_images_per_s'] / base['infer_images_per_s']:.2f}x | "
-                        f"{_fmt(train)}{'x' if train else ''} | {_fmt(memory)}{'x' if memory else ''} |")
+            rows.append(f"| {size} | {label(best)} | {_fmt(infer)}x | {_fmt(train)}{'x' if train else ''} | "
+                        f"{_fmt(memory)}{'x' if memory else ''} |")
     return '\n'.join(rows)
 
 
@@ -396,8 +474,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument('--backbones', nargs='+', default=list(DEFAULT_BACKBONES),
                    help='timm model names; ViR ones run in every --modes form, others (ViT) once')
     p.add_argument('--sizes', nargs='+', type=int, default=list(DEFAULT_SIZES), help='square image sides')
-    p.add_argument('--modes', nargs='+', default=['chunkwise', 'parallel', 'recurrent'],
-                   choices=['parallel', 'chunkwise', 'recurrent'], help='ViR retention forms')
+    p.add_argument('--modes', nargs='+', default=['auto', 'chunkwise', 'parallel', 'recurrent'],
+                   choices=['auto', 'parallel', 'chunkwise', 'recurrent'],
+                   help="ViR retention forms ('auto', the default form: parallel up to 448 tokens, chunkwise above)")
     p.add_argument('--direction', default='bidirectional', choices=['causal', 'bidirectional'])
     p.add_argument('--chunk-size', type=int, default=64)
     p.add_argument('--kernel', default='auto', choices=['auto', 'torch', 'fla'],
@@ -419,8 +498,12 @@ def parser() -> argparse.ArgumentParser:
                    help='skip the parallel form (N x N scores) above this many tokens')
     p.add_argument('--recurrent-max-tokens', type=int, default=1024,
                    help='skip the token-by-token recurrent form above this many tokens')
+    p.add_argument('--timing', default='interleaved', choices=['interleaved', 'isolated'],
+                   help="interleaved: every model of a size timed in one process, pass by pass in rotating order "
+                        "(ratios: medians of the round-by-round ratios); isolated: each point timed on its own, "
+                        "one after the other, as memory is measured")
     p.add_argument('--isolate', action=argparse.BooleanOptionalAction, default=None,
-                   help='run every point in a fresh process (default on CPU, where it is what makes the '
+                   help='measure every point in a fresh process (default on CPU, where it is what makes the '
                         'memory figures exact)')
     p.add_argument('--output', default=None, help='output folder (default: benchmarks/results/<device>-<date>)')
     return p
@@ -457,19 +540,31 @@ def main(argv: Optional[List[str]] = None) -> Path:
     output = Path(args.output) if args.output else Path('benchmarks/results') / \
         f"{meta['device_type']}-{meta['date'][:10]}"
     points = plan(args)
+    isolate = args.isolate if args.isolate is not None else device.type == 'cpu'
+    # interleaved: each point's own run only measures memory (one pass), the timing comes after, all together
+    memory_args = argparse.Namespace(**{**vars(args), 'warmup': 0, 'repeats': 1}) \
+        if args.timing == 'interleaved' else args
     results = []
     with Progress(TextColumn('{task.description}'), BarColumn(), TextColumn('{task.completed}/{task.total}'),
                   TimeElapsedColumn()) as progress:
         task = progress.add_task('benchmark', total=len(points))
-        for name, size, mode in points:
-            progress.update(task, description=f'{name} {mode or ""} {size}px'.replace('  ', ' '))
-            isolate = args.isolate if args.isolate is not None else device.type == 'cpu'
-            record = (measure_isolated if isolate else measure)(name, size, args.head, mode, args, device, dtype)
-            results.append(record)
-            figures = f"{record['infer_images_per_s']:.3f} img/s" if record['status'] == 'ok' else record['status']
-            progress.console.print(f'{label(record)} {size}px: {figures}')
+        for size in dict.fromkeys(size for _, size, _ in points):
+            at_size = []
+            for name, _, mode in (p for p in points if p[1] == size):
+                progress.update(task, description=f'{name} {mode or ""} {size}px'.replace('  ', ' '))
+                record = (measure_isolated if isolate else measure)(name, size, args.head, mode, memory_args, device,
+                                                                    dtype)
+                results.append(record)
+                at_size.append(record)
+                progress.advance(task)
+            ok = [r for r in at_size if r['status'] == 'ok']
+            if args.timing == 'interleaved' and ok:
+                progress.update(task, description=f'interleaved timing, {size}px')
+                time_interleaved(ok, args.head, args, device, dtype)
+            for record in at_size:
+                figures = f"{record['infer_images_per_s']:.3f} img/s" if record['status'] == 'ok' else record['status']
+                progress.console.print(f'{label(record)} {size}px: {figures}')
             write_outputs(results, meta, output)  # partial results survive an interrupted run
-            progress.advance(task)
     print(markdown_table(results, meta))
     print(f'wrote {output}/results.{{json,csv,md,png}}')
     return output
