@@ -2,6 +2,7 @@
 masked training forward computes, the analytic cost is torch.utils.flop_counter's, the usage losses and the
 straight-through decisions are the paper's."""
 import math
+import sys
 
 import pytest
 import timm
@@ -135,6 +136,19 @@ def test_the_analytic_cost_is_what_flop_counter_counts(family):
         _, decisions = model.forward_adaptive(image)
     assert 0.2 < 2 * float(model.macs(decisions)) / full < 0.9
     assert 2 * float(model.macs(decisions)) == _flops(lambda: model(image))  # the skipped forward: exactly
+
+
+@pytest.mark.parametrize('longest_parallel', [0, 20, 448])  # chunkwise for all, for some blocks' kept tokens, none
+def test_the_auto_form_is_counted_as_the_form_each_image_runs(monkeypatch, longest_parallel):
+    for module in ('retention', 'adavit'):
+        monkeypatch.setattr(sys.modules[f'vir_lightning.models.{module}'], 'AUTO_PARALLEL_MAX_TOKENS', longest_parallel)
+    torch.manual_seed(0)
+    backbone = timm.create_model('vir_tiny_patch16_224', **SMALL, chunk_size=8, direction='bidirectional').eval()
+    model = _shake(AdaptiveVisionTransformer(backbone).eval())
+    image = _images(1)
+    with torch.no_grad():
+        _, decisions = model.forward_adaptive(image)
+    assert 2 * float(model.macs(decisions)) == _flops(lambda: model(image))
 
 
 def test_usage_loss_is_the_papers_on_hand_computed_decisions():

@@ -1,8 +1,11 @@
 """The benchmark command: every output written, OOM points recorded and skipped, ratios computed."""
 import csv
 import json
+import subprocess
+import sys
 
 import pytest
+import torch
 
 from vir_lightning.tools import benchmark
 from vir_lightning.cli import main
@@ -25,13 +28,14 @@ def test_benchmark_writes_json_csv_table_and_plot(tmp_path, capsys):
         ('vir', 'chunkwise', 64), ('vit', None, 64), ('qna', None, 64)]
     assert [r['family'] for r in rows[:4]] == ['ViR', 'ViR', 'ViT', 'QnA']
     assert all(r['status'] == 'ok' and r['infer_images_per_s'] > 0 and r['train_images_per_s'] > 0 for r in rows)
-    assert all(len(r['infer_times']) == 1 for r in rows)
+    assert all(len(r['infer_times']) == 1 and r['infer_tensor_peak_mb'] > 0 for r in rows)
     vit = [r for r in rows if r['family'] == 'ViT']
     assert {r['sdpa_backend'] for r in vit} <= {'flash_attention', 'efficient_attention', 'math'}
     with open(out / 'results.csv') as f:
         assert len(list(csv.DictReader(f))) == 7
     table = (out / 'results.md').read_text()
-    assert '/ ViT inference' in table and '| 64 | vir_tiny_patch16_224 (' in table and '| 64 | qna_vit_tiny |' in table
+    assert '/ ViT inference' in table and '/ ViT tensor memory' in table
+    assert '| 64 | vir_tiny_patch16_224 (' in table and '| 64 | qna_vit_tiny |' in table
     assert (out / 'results.png').stat().st_size > 10_000
     assert 'wrote' in capsys.readouterr().out
 
@@ -99,3 +103,47 @@ def test_layer_benchmark_bad_options_end_in_one_message(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(['benchmark', 'layers', '--kernel-sizes', '4'])
     assert exit_.value.code == 2 and '--kernel-sizes must be odd' in capsys.readouterr().err
+
+
+def test_interleaved_rounds_rotate_the_order_and_ratios_pair_rounds(monkeypatch):
+    calls, clock = [], iter(range(1000))
+    monkeypatch.setattr(benchmark.time, 'perf_counter', lambda: float(next(clock)))
+    steps = [lambda i=i: calls.append(i) for i in range(3)]
+    times = benchmark.interleaved_seconds(steps, torch.device('cpu'), warmup=2, repeats=3)
+    assert calls == [0, 0, 1, 1, 2, 2] + [0, 1, 2] + [1, 2, 0] + [2, 0, 1]  # warm-up, then rotating rounds
+    assert times == [[1.0] * 3] * 3
+    ours = {'timing': 'interleaved', 'infer_times': [1.0, 2.0, 4.0]}
+    base = {'timing': 'interleaved', 'infer_times': [3.0, 4.0, 4.0]}  # round ratios 3, 2, 1
+    assert benchmark.paired_ratio(ours, base, 'infer') == 2.0
+    assert benchmark.paired_ratio({**ours, 'timing': None}, base, 'infer') == 2.0  # medians 4 / 2
+    assert benchmark.paired_ratio(ours, {**base, 'infer_times': [9.0, 1.0, 1.0]}, 'infer') == 0.5  # 9, 1/2, 1/4
+    assert benchmark.paired_ratio(ours, base, 'train') is None
+
+
+def test_tensor_peak_counts_what_is_live_at_once_and_nothing_that_existed():
+    x = torch.ones(256, 1024)  # 1 MiB, made before: not counted
+
+    def step():
+        a = x * 2
+        b = a + 1  # a and b live: 2 MiB
+        del a
+        b.mul_(3)  # in place: nothing new
+        c = b.t().contiguous()  # b and c: 2 MiB
+        return c[:10], x.view(-1)  # views: nothing new
+
+    assert benchmark.tensor_peak_mb(step) == 2.0
+
+
+def test_the_package_and_the_benchmark_need_none_of_the_dense_task_extras(tmp_path):
+    """The GPU image (benchmarks/gpu/run.sh) has no mmseg, mmcv, albumentations, jsonargparse or pycocotools. (Not
+    blocked here: jsonargparse, which Lightning imports when its metadata says it is installed, and skips otherwise,
+    as a venv without it showed.)"""
+    blocked = ['mmseg', 'mmcv', 'mmengine', 'albumentations', 'pycocotools']
+    script = (f"import sys\nsys.modules.update(dict.fromkeys({blocked!r}))  # importing any of them fails\n"
+              "import vir_lightning\nfrom vir_lightning.cli import main\n"
+              f"main(['benchmark', '--sizes', '32', '--repeats', '1', '--warmup', '0', '--no-isolate', '--modes', "
+              f"'auto', '--no-train', '--backbones', 'vir_tiny_patch16_224', '--output', {str(tmp_path)!r}])\n"
+              f"assert not any(sys.modules.get(name) for name in {blocked!r})\n")
+    done = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads((tmp_path / 'results.json').read_text())['results'][0]['status'] == 'ok'

@@ -6,6 +6,7 @@ here directly from the definition
     o_n = sum_m D[n, m] (q_n . k_m) v_m,   D[n, m] = gamma^(n - m) (m <= n, causal)
                                                      gamma^|n - m|  (bidirectional)
 """
+import importlib
 import math
 
 import pytest
@@ -15,6 +16,8 @@ from vir_lightning.models import Retention
 from vir_lightning.models.retention import (
     DIRECTIONS, RETENTION_MODES, cached_parallel_decay, decay_schedule, retention,
 )
+
+retention_forms = importlib.import_module('vir_lightning.models.retention')  # the module, not the function
 
 B, H, N, D = 2, 3, 37, 8
 
@@ -495,3 +498,34 @@ def test_long_sequences_and_tracing_build_the_decay_instead():
     whole = cached_parallel_decay((-0.1, -0.2), 6, 'bidirectional', torch.zeros(1, dtype=torch.float64))
     assert whole.dtype == torch.float64 and whole.shape == (1, 2, 6, 6)
     assert whole[0, 1, 0, 5].item() == pytest.approx(math.exp(-0.2 * 5), rel=1e-15)
+
+
+@pytest.mark.parametrize('direction', DIRECTIONS)
+def test_auto_runs_parallel_up_to_its_token_limit_and_chunkwise_above(monkeypatch, direction):
+    monkeypatch.setattr(retention_forms, 'AUTO_PARALLEL_MAX_TOKENS', N)
+    assert retention_forms.resolve_mode('auto', N) == 'parallel'
+    assert retention_forms.resolve_mode('auto', N + 1) == 'chunkwise'
+    assert retention_forms.resolve_mode('recurrent', 10 ** 6) == 'recurrent'
+    log_decay = torch.tensor(decay_schedule('vir', H), dtype=torch.float64)
+    for n, form in [(N, 'parallel'), (N + 1, 'chunkwise')]:
+        q, k, v = _qkv(n=n)
+        expected = retention(q, k, v, log_decay, mode=form, direction=direction, chunk_size=7)
+        assert torch.equal(retention(q, k, v, log_decay, mode='auto', direction=direction, chunk_size=7), expected)
+
+
+@pytest.mark.parametrize('heads', [None, [0, 2], [1]], ids=['all', 'two', 'one'])
+def test_head_norm_is_a_layer_norm_per_head_with_its_own_affine(heads):
+    torch.manual_seed(0)
+    module = Retention(dim=H * D, num_heads=H)
+    with torch.no_grad():
+        module.norm_weight.normal_()
+        module.norm_bias.normal_()
+    out = torch.randn(B, H if heads is None else len(heads), N, D, dtype=torch.float32)
+    kept = list(range(H)) if heads is None else heads
+    weight, bias = module.norm_weight.view(H, D)[kept], module.norm_bias.view(H, D)[kept]
+    expected = torch.stack([torch.nn.functional.layer_norm(out[:, i], (D,)) * weight[i] + bias[i]
+                            for i in range(len(kept))], dim=2)  # [B, N, h, d]
+    built = module.normalize_heads(out, None if heads is None else torch.tensor(heads))
+    torch.testing.assert_close(built, expected.reshape(B, N, -1), rtol=1e-6, atol=1e-6)
+    plain = Retention(dim=H * D, num_heads=H, head_norm=False)
+    assert torch.equal(plain.normalize_heads(out), out.transpose(1, 2).reshape(B, N, -1))

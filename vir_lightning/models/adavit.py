@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from timm.models._features import feature_take_indices
 
 from ..errors import check_choice
-from .retention import cached_parallel_decay, retention
+from .retention import AUTO_PARALLEL_MAX_TOKENS, cached_parallel_decay, resolve_mode, retention
 from .vir import RetentionBlock, VisionRetentionNetwork
 
 __all__ = ['AdaptiveVisionTransformer', 'Decisions', 'gumbel_sigmoid', 'usage_loss', 'ADAPTABLE']
@@ -164,8 +164,9 @@ class TokenMixer:
             if key_mask is not None:
                 k = k * key_mask[:, None, :, None].to(k.dtype)
             log_decay = m._log_decay(q) if heads is None else m._log_decay(q).index_select(0, heads)
-            decay = self._parallel_decay(q, heads, positions, length)
-            out = retention(q * m.scale, k, v, log_decay, mode=m.mode, direction=m.direction, chunk_size=m.chunk_size,
+            mode = resolve_mode(m.mode, N)
+            decay = self._parallel_decay(q, heads, positions, length) if mode == 'parallel' else None
+            out = retention(q * m.scale, k, v, log_decay, mode=mode, direction=m.direction, chunk_size=m.chunk_size,
                             kernel=m.kernel, positions=positions, decay=decay)
             out = m.normalize_heads(out, heads).view(B, N, h, d)
         else:
@@ -185,9 +186,9 @@ class TokenMixer:
     def _parallel_decay(self, q: torch.Tensor, heads: Optional[torch.Tensor], positions: Optional[torch.Tensor],
                         length: int) -> Optional[torch.Tensor]:
         """The parallel form's decay for these heads and tokens, cut out of the whole image's cached one (the same
-        numbers, without building it); None where there is none (other forms, long sequences)."""
+        numbers, without building it); None for long sequences."""
         m = self.module
-        whole = cached_parallel_decay(m.log_decay, length, m.direction, q) if m.mode == 'parallel' else None
+        whole = cached_parallel_decay(m.log_decay, length, m.direction, q)
         if whole is None:
             return None
         decay = whole[0] if heads is None else whole[0].index_select(0, heads)  # [h, length, length]
@@ -482,17 +483,29 @@ class AdaptiveVisionTransformer(nn.Module):
     def _block_macs(self, block: nn.Module, n, h) -> Tuple:
         """(token mixer, MLP) multiply-adds of one block on n tokens with h heads (numbers or tensors)."""
         module = block.retention if self.is_retention else block.attn
-        d, dim = module.head_dim, self.backbone.embed_dim
-        mixer = n * dim * 4 * h * d  # qkv and output projections
-        if not self.is_retention or module.mode == 'parallel':
-            mixer = mixer + 2 * h * n * n * d
-        elif module.mode == 'recurrent':  # a query-state product per token, per direction
-            mixer = mixer + h * n * d * d * (1 if module.direction == 'causal' else 2)
-        else:  # chunkwise: scores and values inside chunks, state updates and reads across them
-            c = torch.clamp(torch.as_tensor(n), max=module.chunk_size)
-            states = 2 if module.direction == 'causal' else 4
-            mixer = mixer + h * torch.ceil(n / c) * (2 * c * c * d + states * c * d * d)
-        return mixer, n * (block.mlp.fc1.weight.numel() + block.mlp.fc2.weight.numel())
+        mixer = n * self.backbone.embed_dim * 4 * h * module.head_dim  # qkv and output projections
+        mlp = n * (block.mlp.fc1.weight.numel() + block.mlp.fc2.weight.numel())
+        if not self.is_retention:
+            return mixer + 2 * h * n * n * module.head_dim, mlp
+        if module.mode != 'auto':
+            return mixer + self._retention_macs(module, module.mode, n, h), mlp
+        n = torch.as_tensor(n, dtype=torch.float64)  # each image's token count picks its form, as resolve_mode does
+        auto = torch.where(n <= AUTO_PARALLEL_MAX_TOKENS, self._retention_macs(module, 'parallel', n, h),
+                           self._retention_macs(module, 'chunkwise', n, h))
+        return mixer + auto, mlp
+
+    @staticmethod
+    def _retention_macs(module: nn.Module, mode: str, n, h):
+        """Multiply-adds of retention itself (no projections) in ``mode`` on n tokens with h heads."""
+        d = module.head_dim
+        if mode == 'parallel':
+            return 2 * h * n * n * d
+        if mode == 'recurrent':  # a query-state product per token, per direction
+            return h * n * d * d * (1 if module.direction == 'causal' else 2)
+        # chunkwise: scores and values inside chunks, state updates and reads across them
+        c = torch.clamp(torch.as_tensor(n), max=module.chunk_size)
+        states = 2 if module.direction == 'causal' else 4
+        return h * torch.ceil(n / c) * (2 * c * c * d + states * c * d * d)
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> Dict:

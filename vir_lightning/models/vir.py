@@ -48,7 +48,7 @@ _logger = logging.getLogger(__name__)
 PosEmbed = Literal['learn', 'none']
 GlobalPool = Literal['', 'token', 'avg']
 POS_EMBEDS = get_args(PosEmbed)
-MLP_TOKENS_AT_ONCE = 4096  # inference on more tokens runs the MLP in slices of this many
+MLP_TOKENS_AT_ONCE = 2048  # inference on more tokens runs the MLP in slices of this many
 GLOBAL_POOLS = get_args(GlobalPool)
 
 
@@ -131,9 +131,9 @@ class Retention(nn.Module):
         each token normalised (LayerNorm over d, on the token-major copy the projection needs anyway) and
         shifted and scaled in one ``addcmul``."""
         B, h, N, d = out.shape
-        out = out.transpose(1, 2).reshape(B, N, h, d)
+        out = out.transpose(1, 2)
         if not self.head_norm:
-            return out.view(B, N, h * d)
+            return out.reshape(B, N, h * d)
         weight, bias = self.norm_weight, self.norm_bias
         if heads is not None:
             weight, bias = (p.view(-1, d).index_select(0, heads).flatten() for p in (weight, bias))

@@ -11,15 +11,18 @@ R-CNN). By default (``--timing interleaved``) every model of a size is timed in 
 of each per round in rotating order, and a speed-up is the median of the round-by-round ratios: what
 a user comparing the two models on the same machine gets. On a machine whose speed drifts by 10-30%
 within minutes (shared CPUs), timing each point on its own, minutes apart (``--timing isolated``),
-can read a ratio 10% off either way. ViT runs timm's ``scaled_dot_product_attention`` pinned to the flash backend (bf16 on
-GPU), and the backend that actually ran is recorded. Out-of-memory points are recorded as OOM
+can read a ratio 10% off either way. ViT runs timm's ``scaled_dot_product_attention`` pinned to the
+flash backend (bf16 on GPU), and the backend that actually ran is recorded. Out-of-memory points are recorded as OOM
 and the run goes on. Results: a JSON file with every raw figure and the device, versions,
 dtype, batch and command; a CSV; a markdown table; a plot of throughput and memory against
 resolution.
 
 Peak memory is CUDA's allocator peak on GPU. On CPU, where PyTorch keeps no allocator
-statistics, every point runs in a fresh process and the figure is the peak growth of its resident
-memory over what the model and input already held, sampled every millisecond.
+statistics, there are two figures: the peak growth of the process's resident memory over what the
+model and input already held, sampled every millisecond in a fresh process (what the machine must
+have, including the freed blocks the C heap keeps), and the tensor peak, the most memory the
+tensors of one inference pass hold at once, tracked op by op (what the computation needs: the
+CPU counterpart of the CUDA figure).
 """
 import argparse
 import concurrent.futures
@@ -87,6 +90,39 @@ def peak_memory(device: torch.device):
         done.set()
         sampler.join()
         result['mb'] = max(0, max(peak[0], _rss_bytes()) - baseline) / 2 ** 20
+
+
+def tensor_peak_mb(step: Callable[[], None]) -> float:
+    """Peak MiB held by the tensors that ``step`` creates, tracked op by op: on CPU what CUDA's allocator peak
+    counts on GPU, the memory the computation itself needs, without what the C heap keeps of freed blocks
+    (resident memory holds both). Buffers an op frees before it returns are not seen."""
+    from torch.multiprocessing.reductions import StorageWeakRef
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_leaves
+
+    class LiveTensors(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.live, self.peak = {}, 0  # storage address -> (weak reference, bytes)
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            out = func(*args, **kwargs)
+            seen = {t.untyped_storage().data_ptr() for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
+            for tensor in tree_leaves(out):
+                if not isinstance(tensor, torch.Tensor) or tensor.untyped_storage().data_ptr() in seen:
+                    continue  # in place, out= or a view of an input: nothing new
+                storage = tensor.untyped_storage()
+                address, held = storage.data_ptr(), self.live.get(storage.data_ptr())
+                if address and (held is None or held[0].expired()):
+                    self.live = {a: h for a, h in self.live.items() if not h[0].expired()}
+                    self.live[address] = (StorageWeakRef(storage), storage.nbytes())
+                    self.peak = max(self.peak, sum(h[1] for h in self.live.values()))
+            return out
+
+    with LiveTensors() as tracker:
+        step()
+    return tracker.peak / 2 ** 20
 
 
 def _is_oom(error: BaseException) -> bool:
@@ -263,6 +299,9 @@ def _run(model, images, head: str, args, device: torch.device, autocast) -> Dict
     with torch.inference_mode(), autocast, peak_memory(device) as memory:
         times = median_seconds(_inference_step(model, images, head), device, args.warmup, args.repeats)
     figures = {**_figures('infer', times, len(images)), 'infer_peak_mb': memory['mb']}
+    if device.type == 'cpu':
+        with torch.inference_mode(), autocast:
+            figures['infer_tensor_peak_mb'] = tensor_peak_mb(_inference_step(model, images, head))
     if not args.train:
         return figures
     step = _training_step(model, images, head, args, device, autocast)
@@ -382,7 +421,8 @@ def write_outputs(results: List[Dict], meta: Dict, output: Path) -> List[Path]:
     paths = [output / 'results.json', output / 'results.csv', output / 'results.md', output / 'results.png']
     paths[0].write_text(json.dumps({'meta': meta, 'results': results}, indent=1))
     columns = ['backbone', 'family', 'retention_mode', 'sdpa_backend', 'head', 'size', 'tokens', 'batch_size',
-               'dtype', 'status', 'infer_images_per_s', 'infer_seconds', 'infer_peak_mb', 'train_images_per_s',
+               'dtype', 'status', 'infer_images_per_s', 'infer_seconds', 'infer_peak_mb', 'infer_tensor_peak_mb',
+               'train_images_per_s',
                'train_seconds', 'train_peak_mb']
     with open(paths[1], 'w', newline='') as f:
         writer = csv.DictWriter(f, columns, extrasaction='ignore')
@@ -405,23 +445,27 @@ def heading(meta: Dict) -> List[str]:
 
 def markdown_table(results: List[Dict], meta: Dict) -> str:
     lines = [*heading(meta),
-             '| model | head | size | tokens | inference img/s | train img/s | inference peak MiB | train peak MiB |',
-             '|---|---|---|---|---|---|---|---|']
+             '| model | head | size | tokens | inference img/s | train img/s | inference peak MiB '
+             '| inference tensor peak MiB | train peak MiB |',
+             '|---|---|---|---|---|---|---|---|---|']
     for r in results:
         if r['status'] != 'ok':
-            lines.append(f"| {label(r)} | {r['head']} | {r['size']} | {r['tokens']} | {r['status']} | | | |")
+            lines.append(f"| {label(r)} | {r['head']} | {r['size']} | {r['tokens']} | {r['status']} | | | | |")
             continue
         lines.append(f"| {label(r)} | {r['head']} | {r['size']} | {r['tokens']} | "
                      f"{_fmt(r['infer_images_per_s'], 3)} | {_fmt(r.get('train_images_per_s'), 3)} | "
-                     f"{_fmt(r['infer_peak_mb'], 0)} | {_fmt(r.get('train_peak_mb'), 0)} |")
+                     f"{_fmt(r['infer_peak_mb'], 0)} | {_fmt(r.get('infer_tensor_peak_mb'), 0)} | "
+                     f"{_fmt(r.get('train_peak_mb'), 0)} |")
     lines += ['', ratio_table(results)]
     return '\n'.join(lines) + '\n'
 
 
 def ratio_table(results: List[Dict]) -> str:
     """ViR (the ``auto`` form if measured: what a user gets; else the fastest form) and QnA-ViT over the ViT, per
-    size: speed-ups (> 1: faster than ViT; median of paired ratios when timed interleaved) and memory ratios."""
-    rows = ['| size | model | / ViT inference | / ViT training | / ViT inference memory |', '|---|---|---|---|---|']
+    size: speed-ups (> 1: faster than ViT; median of paired ratios when timed interleaved) and memory ratios
+    (< 1: less than ViT; peak memory, and on CPU the tensor peak too)."""
+    rows = ['| size | model | / ViT inference | / ViT training | / ViT inference memory | / ViT tensor memory |',
+            '|---|---|---|---|---|---|']
     ok = [r for r in results if r['status'] == 'ok']
     for size in sorted({r['size'] for r in ok}):
         vit = [r for r in ok if r['size'] == size and r['family'] == 'ViT']
@@ -432,9 +476,10 @@ def ratio_table(results: List[Dict]) -> str:
             auto = [r for r in ours if r.get('retention_mode') == 'auto']
             best, base = auto[0] if auto else max(ours, key=lambda r: r['infer_images_per_s']), vit[0]
             infer, train = paired_ratio(best, base, 'infer'), paired_ratio(best, base, 'train')
-            memory = best['infer_peak_mb'] / base['infer_peak_mb'] if base['infer_peak_mb'] else None
+            memory, tensors = (best[key] / base[key] if best.get(key) and base.get(key) else None
+                               for key in ('infer_peak_mb', 'infer_tensor_peak_mb'))
             rows.append(f"| {size} | {label(best)} | {_fmt(infer)}x | {_fmt(train)}{'x' if train else ''} | "
-                        f"{_fmt(memory)}{'x' if memory else ''} |")
+                        f"{_fmt(memory)}{'x' if memory else ''} | {_fmt(tensors)}{'x' if tensors else ''} |")
     return '\n'.join(rows)
 
 
@@ -444,6 +489,8 @@ def plot(results: List[Dict], meta: Dict, path: Path) -> None:
     import matplotlib.pyplot as plt
     panels = [('infer_images_per_s', 'inference images/s'), ('train_images_per_s', 'training images/s'),
               ('infer_peak_mb', 'inference peak memory (MiB)')]
+    if any(r.get('infer_tensor_peak_mb') for r in results):
+        panels.append(('infer_tensor_peak_mb', 'inference tensor peak (MiB)'))
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4))
     for ax, (key, title) in zip(axes, panels):
         for name in dict.fromkeys(label(r) for r in results):
