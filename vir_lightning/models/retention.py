@@ -207,18 +207,21 @@ def _merge_chunks(out: torch.Tensor, q: torch.Tensor, v: torch.Tensor, n: int) -
 
 def _scan(updates: torch.Tensor, decays: torch.Tensor, reverse: bool = False) -> torch.Tensor:
     """States entering each chunk: S_0 = 0, S_(i+1) = decays_i S_i + updates_i (chunks in reverse order
-    if ``reverse``). updates [B, H, nc, d, dv], decays [B', H, nc]; returns [B, H, nc, d, dv], written in
-    place into one buffer (a list of states and their stack would hold them twice)."""
+    if ``reverse``). updates [B, H, nc, d, dv], decays [B', H, nc]; returns [B, H, nc, d, dv]. Without autograd
+    written in place into one buffer (a list of states and their stack would hold them twice, and thousands of
+    per-chunk temporaries fragment the CPU heap); with it, stacked from a list (autograd would copy the whole
+    buffer back for every chunk written into it)."""
     num_chunks = updates.shape[2]
-    states = torch.zeros_like(updates)
-    in_place = not (torch.is_grad_enabled() and updates.requires_grad)  # out= has no autograd
     steps = range(num_chunks - 1, 0, -1) if reverse else range(num_chunks - 1)
+    if torch.is_grad_enabled() and (updates.requires_grad or decays.requires_grad):
+        states = [updates.new_zeros(updates[:, :, 0].shape)]
+        for i in steps:
+            states.append(torch.addcmul(updates[:, :, i], decays[:, :, i, None, None], states[-1]))
+        return torch.stack(states[::-1] if reverse else states, dim=2)
+    states = torch.zeros_like(updates)
     for i in steps:
         j = i - 1 if reverse else i + 1
-        if in_place:  # no temporary per chunk: thousands of small blocks fragment the CPU heap
-            torch.addcmul(updates[:, :, i], decays[:, :, i, None, None], states[:, :, i], out=states[:, :, j])
-        else:
-            states[:, :, j] = torch.addcmul(updates[:, :, i], decays[:, :, i, None, None], states[:, :, i])
+        torch.addcmul(updates[:, :, i], decays[:, :, i, None, None], states[:, :, i], out=states[:, :, j])
     return states
 
 
