@@ -484,7 +484,7 @@ def test_the_cached_decay_gives_the_same_bits_and_trains_after_inference(directi
     with torch.inference_mode():
         cached = module(x)
     assert cached_parallel_decay(module.log_decay, 9, direction, x) is not None
-    q, k, v = module.qkv(x).reshape(2, 9, 3, 4, 8).permute(2, 0, 3, 1, 4).unbind(0)
+    q, k, v = module.qkv(x).reshape(2, 9, 3, 4, 8).permute(2, 0, 3, 1, 4).contiguous().unbind(0)  # module's layout
     built = retention(q * module.scale, k, v, module._log_decay(q), mode='parallel', direction=direction)
     expected = module.proj(module.normalize_heads(built))
     assert torch.equal(cached, expected.detach())

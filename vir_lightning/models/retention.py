@@ -218,7 +218,8 @@ def _scan(updates: torch.Tensor, decays: torch.Tensor, reverse: bool = False) ->
         for i in steps:
             states.append(torch.addcmul(updates[:, :, i], decays[:, :, i, None, None], states[-1]))
         return torch.stack(states[::-1] if reverse else states, dim=2)
-    states = torch.zeros_like(updates)
+    states = torch.empty_like(updates)
+    states[:, :, -1 if reverse else 0].zero_()  # every other state is written below
     for i in steps:
         j = i - 1 if reverse else i + 1
         torch.addcmul(updates[:, :, i], decays[:, :, i, None, None], states[:, :, i], out=states[:, :, j])

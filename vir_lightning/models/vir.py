@@ -112,12 +112,12 @@ class Retention(nn.Module):
         B, N, C = x.shape
         mode = resolve_mode(self.mode, N)
         pad = chunk_padding(mode, self.kernel, x, N, self.chunk_size)
-        qkv = self.qkv(x)
-        if pad:  # zero tokens at the end change no real token's output in either direction
-            qkv = F.pad(qkv, (0, 0, 0, pad))
-        qkv = qkv.view(B, N + pad, 3, self.num_heads, self.head_dim)
-        qkv[:, :, 0].mul_(self.scale)  # q scaled in place: the projection's backward needs x, not its output
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        # head-major q, k and v in one copy (padded with zero tokens at the end, which change no real token's output
+        # in either direction): every matmul after reads them in place, where strided views cost a copy each
+        qkv = self.qkv(x).view(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        qkv = F.pad(qkv, (0, 0, 0, pad)) if pad else qkv.contiguous()
+        qkv[0].mul_(self.scale)  # q scaled in place: a copy, not the projection's output that autograd may keep
+        q, k, v = qkv.unbind(0)
         del qkv
         decay = cached_parallel_decay(self.log_decay, N, self.direction, q) if mode == 'parallel' else None
         out = retention(
