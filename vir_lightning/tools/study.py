@@ -77,11 +77,11 @@ def command(task: str, family: str, size: int, output: Path, steps: int, batch: 
         f'--trainer.val_check_interval={steps}', '--trainer.num_sanity_val_steps=0',
         '--trainer.callbacks=[]', '--trainer.enable_checkpointing=false',  # no image logging or checkpoints
         f'--trainer.logger.init_args.save_dir={output / "runs"}',
-        f'--trainer.logger.init_args.name={name}', *extra,
+        f'--trainer.logger.init_args.name={name}',
     ]
-    if task == 'det' and '--data.keep_resolution=true' not in extra:
+    if task == 'det':
         args.append('--data.keep_resolution=false')  # resize every image to a longest side of `size`
-    return args
+    return args + list(extra)  # last: an extra argument overrides the ones above
 
 
 def read_scalars(log_dir: Path) -> Dict[str, list]:
