@@ -120,6 +120,19 @@ def test_interleaved_rounds_rotate_the_order_and_ratios_pair_rounds(monkeypatch)
     assert benchmark.paired_ratio(ours, base, 'train') is None
 
 
+def test_a_short_pass_is_timed_as_many_passes_as_last_the_minimum_sample(monkeypatch):
+    calls, clock = [], iter(range(1000))
+    monkeypatch.setattr(benchmark.time, 'perf_counter', lambda: float(next(clock)))  # each reading 1 s later
+    steps = [lambda i=i: calls.append(i) for i in range(2)]
+    times = benchmark.interleaved_seconds(steps, torch.device('cpu'), warmup=1, repeats=2, min_seconds=3.0)
+    # warm-up, one calibration pass each (1 s: 3 passes a sample), then 3 passes per sample in rotating rounds
+    assert calls == [0, 1] + [0, 1] + [0] * 3 + [1] * 3 + [1] * 3 + [0] * 3
+    assert times == [[1 / 3] * 2] * 2  # per pass
+    calls.clear()
+    assert benchmark.median_seconds(steps[0], torch.device('cpu'), warmup=0, repeats=2) == [1.0, 1.0]
+    assert calls == [0, 0]  # without a minimum: one pass a sample, no calibration pass
+
+
 def test_tensor_peak_counts_what_is_live_at_once_and_nothing_that_existed():
     x = torch.ones(256, 1024)  # 1 MiB, made before: not counted
 

@@ -210,19 +210,21 @@ def _scan(updates: torch.Tensor, decays: torch.Tensor, reverse: bool = False) ->
     if ``reverse``). updates [B, H, nc, d, dv], decays [B', H, nc]; returns [B, H, nc, d, dv]. Without autograd
     written in place into one buffer (a list of states and their stack would hold them twice, and thousands of
     per-chunk temporaries fragment the CPU heap); with it, stacked from a list (autograd would copy the whole
-    buffer back for every chunk written into it)."""
+    buffer back for every chunk written into it). Every chunk's operands are views made by one ``unbind`` each:
+    indexing them chunk by chunk cost more than the scan's arithmetic (ViR-T, 2048 px: 6.8 -> 4.1 ms a block)."""
     num_chunks = updates.shape[2]
     steps = range(num_chunks - 1, 0, -1) if reverse else range(num_chunks - 1)
+    update, decay = updates.unbind(2), decays[..., None, None].unbind(2)
     if torch.is_grad_enabled() and (updates.requires_grad or decays.requires_grad):
-        states = [updates.new_zeros(updates[:, :, 0].shape)]
+        states = [updates.new_zeros(update[0].shape)]
         for i in steps:
-            states.append(torch.addcmul(updates[:, :, i], decays[:, :, i, None, None], states[-1]))
+            states.append(torch.addcmul(update[i], decay[i], states[-1]))
         return torch.stack(states[::-1] if reverse else states, dim=2)
     states = torch.empty_like(updates)
-    states[:, :, -1 if reverse else 0].zero_()  # every other state is written below
+    state = states.unbind(2)
+    state[-1 if reverse else 0].zero_()  # every other state is written below
     for i in steps:
-        j = i - 1 if reverse else i + 1
-        torch.addcmul(updates[:, :, i], decays[:, :, i, None, None], states[:, :, i], out=states[:, :, j])
+        torch.addcmul(update[i], decay[i], state[i], out=state[i - 1 if reverse else i + 1])
     return states
 
 

@@ -29,6 +29,7 @@ import concurrent.futures
 import csv
 import datetime
 import json
+import math
 import multiprocessing
 import os
 import platform
@@ -189,17 +190,31 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def median_seconds(step: Callable[[], None], device: torch.device, warmup: int, repeats: int) -> List[float]:
-    for _ in range(warmup):
+def passes_per_sample(step: Callable[[], None], device: torch.device, min_seconds: float) -> int:
+    """How many passes one timed sample holds: enough to last ``min_seconds`` (from one more warm pass), so that
+    a pass of a few milliseconds is not timed at the grain of the clock and the scheduler; 1 for longer passes,
+    and without a pass when ``min_seconds`` is 0."""
+    if min_seconds <= 0:
+        return 1
+    return max(1, math.ceil(min_seconds / _timed(step, device, 1)))
+
+
+def _timed(step: Callable[[], None], device: torch.device, passes: int) -> float:
+    """Seconds per pass of ``passes`` passes run back to back."""
+    _synchronize(device)
+    start = time.perf_counter()
+    for _ in range(passes):
         step()
     _synchronize(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+    return (time.perf_counter() - start) / passes
+
+
+def median_seconds(step: Callable[[], None], device: torch.device, warmup: int, repeats: int,
+                   min_seconds: float = 0.0) -> List[float]:
+    for _ in range(warmup):
         step()
-        _synchronize(device)
-        times.append(time.perf_counter() - start)
-    return times
+    passes = passes_per_sample(step, device, min_seconds)
+    return [_timed(step, device, passes) for _ in range(repeats)]
 
 
 def _record(name: str, size: int, head: str, mode: Optional[str], args, dtype: torch.dtype, status: str) -> Dict:
@@ -297,7 +312,8 @@ def _figures(kind: str, times: List[float], batch: int) -> Dict:
 
 def _run(model, images, head: str, args, device: torch.device, autocast) -> Dict:
     with torch.inference_mode(), autocast, peak_memory(device) as memory:
-        times = median_seconds(_inference_step(model, images, head), device, args.warmup, args.repeats)
+        times = median_seconds(_inference_step(model, images, head), device, args.warmup, args.repeats,
+                               args.min_sample_seconds)
     figures = {**_figures('infer', times, len(images)), 'infer_peak_mb': memory['mb']}
     if device.type == 'cpu':
         with torch.inference_mode(), autocast:
@@ -306,27 +322,25 @@ def _run(model, images, head: str, args, device: torch.device, autocast) -> Dict
         return figures
     step = _training_step(model, images, head, args, device, autocast)
     with peak_memory(device) as memory:
-        times = median_seconds(step, device, args.warmup, args.repeats)
+        times = median_seconds(step, device, args.warmup, args.repeats, args.min_sample_seconds)
     return {**figures, **_figures('train', times, len(images)), 'train_peak_mb': memory['mb']}
 
 
 # ---- interleaved timing ----------------------------------------------------------------------------
 def interleaved_seconds(steps: List[Callable[[], None]], device: torch.device, warmup: int,
-                        repeats: int) -> List[List[float]]:
-    """Each step's time in every one of ``repeats`` rounds, one pass of every step per round (the order rotated
+                        repeats: int, min_seconds: float = 0.0) -> List[List[float]]:
+    """Each step's time in every one of ``repeats`` rounds, one sample of every step per round (the order rotated
     round by round), after ``warmup`` untimed passes of each: models compared in the same seconds of a machine
-    whose speed drifts, so that round r of two models can be divided."""
+    whose speed drifts, so that round r of two models can be divided. A sample is one pass, or as many as last
+    ``min_seconds`` (``passes_per_sample``), its time given per pass."""
     for step in steps:
         for _ in range(warmup):
             step()
+    passes = [passes_per_sample(step, device, min_seconds) for step in steps]
     times = [[] for _ in steps]
     for r in range(repeats):
         for i in [(r + j) % len(steps) for j in range(len(steps))]:
-            _synchronize(device)
-            start = time.perf_counter()
-            steps[i]()
-            _synchronize(device)
-            times[i].append(time.perf_counter() - start)
+            times[i].append(_timed(steps[i], device, passes[i]))
     return times
 
 
@@ -350,12 +364,14 @@ def time_interleaved(records: List[Dict], head: str, args, device: torch.device,
 
     with torch.inference_mode(), autocast:
         steps = [pinned_step(_inference_step(m, images, head), b) for m, b in zip(models, pinned)]
-        for r, times in zip(records, interleaved_seconds(steps, device, args.warmup, args.repeats)):
+        for r, times in zip(records, interleaved_seconds(steps, device, args.warmup, args.repeats,
+                                                       args.min_sample_seconds)):
             r.update(_figures('infer', times, len(images)))
     if args.train:
         steps = [pinned_step(_training_step(m, images, head, args, device, autocast), b)
                  for m, b in zip(models, pinned)]
-        for r, times in zip(records, interleaved_seconds(steps, device, args.warmup, args.repeats)):
+        for r, times in zip(records, interleaved_seconds(steps, device, args.warmup, args.repeats,
+                                                       args.min_sample_seconds)):
             r.update(_figures('train', times, len(images)))
     for r in records:
         r['timing'] = 'interleaved'
@@ -390,11 +406,21 @@ def plan(args) -> List[tuple]:
     return points
 
 
+def cpu_name() -> str:
+    """The processor's model name (Linux), else what ``platform`` knows: ratios differ between CPUs (ViR-T over
+    ViT-T at 2048 px, same code: 9.5x on one 2-core machine, 7.2x on another), so results say which one ran."""
+    try:
+        with open('/proc/cpuinfo') as cpuinfo:
+            return next(line.split(':', 1)[1].strip() for line in cpuinfo if line.startswith('model name'))
+    except (OSError, StopIteration):
+        return f'{platform.processor() or platform.machine()} CPU'
+
+
 def environment(device: torch.device, dtype: torch.dtype, args, argv: List[str]) -> Dict:
     import lightning
     import timm
     name = torch.cuda.get_device_name(device) if device.type == 'cuda' else \
-        f'{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads'
+        f'{cpu_name()} ({torch.backends.cpu.get_cpu_capability()}), {torch.get_num_threads()} threads'
     versions = {'python': platform.python_version(), 'torch': torch.__version__, 'timm': timm.__version__,
                 'lightning': lightning.__version__}
     try:
@@ -540,7 +566,10 @@ def parser() -> argparse.ArgumentParser:
                    help='also time training steps (forward, backward, AdamW)')
     p.add_argument('--grad-checkpointing', action='store_true', help='recompute block activations in backward')
     p.add_argument('--warmup', type=int, default=1, help='untimed runs before timing')
-    p.add_argument('--repeats', type=int, default=3, help='timed runs; the median is reported')
+    p.add_argument('--repeats', type=int, default=3, help='timed samples; the median is reported')
+    p.add_argument('--min-sample-seconds', type=float, default=0.25,
+                   help='a timed sample repeats a pass until it lasts this long (passes of a few ms are noisy); '
+                        'its time is given per pass. 0: one pass per sample')
     p.add_argument('--parallel-max-tokens', type=int, default=4096,
                    help='skip the parallel form (N x N scores) above this many tokens')
     p.add_argument('--recurrent-max-tokens', type=int, default=1024,
@@ -581,15 +610,16 @@ def main(argv: Optional[List[str]] = None) -> Path:
         return adaptive_main(argv[1:])
     args = parser().parse_args(argv)
     device, dtype = device_and_dtype(args)
-    if args.batch_size < 1 or args.repeats < 1 or args.warmup < 0 or any(s < 16 or s % 16 for s in args.sizes):
-        raise UserError('--batch-size and --repeats must be >= 1, --warmup >= 0, --sizes multiples of 16')
+    if args.batch_size < 1 or args.repeats < 1 or args.warmup < 0 or args.min_sample_seconds < 0 or any(s < 16 or s % 16 for s in args.sizes):
+        raise UserError('--batch-size and --repeats must be >= 1, --warmup and --min-sample-seconds >= 0, '
+                        '--sizes multiples of 16')
     meta = environment(device, dtype, args, argv)
     output = Path(args.output) if args.output else Path('benchmarks/results') / \
         f"{meta['device_type']}-{meta['date'][:10]}"
     points = plan(args)
     isolate = args.isolate if args.isolate is not None else device.type == 'cpu'
     # interleaved: each point's own run only measures memory (one pass), the timing comes after, all together
-    memory_args = argparse.Namespace(**{**vars(args), 'warmup': 0, 'repeats': 1}) \
+    memory_args = argparse.Namespace(**{**vars(args), 'warmup': 0, 'repeats': 1, 'min_sample_seconds': 0}) \
         if args.timing == 'interleaved' else args
     results = []
     with Progress(TextColumn('{task.description}'), BarColumn(), TextColumn('{task.completed}/{task.total}'),
