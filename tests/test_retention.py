@@ -14,7 +14,7 @@ import torch
 
 from vir_lightning.models import Retention
 from vir_lightning.models.retention import (
-    DIRECTIONS, RETENTION_MODES, cached_parallel_decay, decay_schedule, retention,
+    DIRECTIONS, RETENTION_MODES, cached_parallel_decay, decay_schedule, retention, retention_parallel,
 )
 
 retention_forms = importlib.import_module('vir_lightning.models.retention')  # the module, not the function
@@ -484,8 +484,8 @@ def test_the_cached_decay_gives_the_same_bits_and_trains_after_inference(directi
     with torch.inference_mode():
         cached = module(x)
     assert cached_parallel_decay(module.log_decay, 9, direction, x) is not None
-    q, k, v = module.qkv(x).reshape(2, 9, 3, 4, 8).permute(2, 0, 3, 1, 4).contiguous().unbind(0)  # module's layout
-    built = retention(q * module.scale, k, v, module._log_decay(q), mode='parallel', direction=direction)
+    q, k, v = module.qkv(x).reshape(2, 9, 3, 4, 8).permute(2, 0, 3, 1, 4).unbind(0)  # module's layout
+    built = retention_parallel(q, k, v, module._log_decay(q), direction, scale=module.scale)  # decay built here
     expected = module.proj(module.normalize_heads(built))
     assert torch.equal(cached, expected.detach())
     module.train()

@@ -38,7 +38,7 @@ from timm.models.vision_transformer import init_weights_vit_timm
 from ..errors import check_choice
 from .retention import (
     DecaySchedule, Direction, Kernel, RetentionMode, cached_parallel_decay, check_retention, decay_dtype,
-    chunk_padding, decay_schedule, resolve_mode, retention,
+    chunk_padding, decay_schedule, resolve_mode, retention, retention_parallel,
 )
 
 __all__ = ['VisionRetentionNetwork', 'Retention', 'RetentionBlock']
@@ -111,19 +111,21 @@ class Retention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, N, C = x.shape
         mode = resolve_mode(self.mode, N)
-        pad = chunk_padding(mode, self.kernel, x, N, self.chunk_size)
+        qkv = self.qkv(x).view(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        if mode == 'parallel':  # q, k and v read in place; q's scale rides on the (cached) decay matrix
+            q, k, v = qkv.unbind(0)
+            decay = cached_parallel_decay(self.log_decay, N, self.direction, q, self.scale)
+            out = retention_parallel(q, k, v, self._log_decay(q), self.direction, decay=decay, scale=self.scale)
+            return self.proj_drop(self.proj(self.normalize_heads(out)))
         # head-major q, k and v in one copy (padded with zero tokens at the end, which change no real token's output
         # in either direction): every matmul after reads them in place, where strided views cost a copy each
-        qkv = self.qkv(x).view(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        pad = chunk_padding(mode, self.kernel, x, N, self.chunk_size)
         qkv = F.pad(qkv, (0, 0, 0, pad)) if pad else qkv.contiguous()
         qkv[0].mul_(self.scale)  # q scaled in place: a copy, not the projection's output that autograd may keep
         q, k, v = qkv.unbind(0)
         del qkv
-        decay = cached_parallel_decay(self.log_decay, N, self.direction, q) if mode == 'parallel' else None
-        out = retention(
-            q, k, v, self._log_decay(q),
-            mode=mode, direction=self.direction, chunk_size=self.chunk_size, kernel=self.kernel, decay=decay,
-        )
+        out = retention(q, k, v, self._log_decay(q), mode=mode, direction=self.direction, chunk_size=self.chunk_size,
+                        kernel=self.kernel)
         return self.proj_drop(self.proj(self.normalize_heads(out[:, :, :N])))
 
     def normalize_heads(self, out: torch.Tensor, heads: Optional[torch.Tensor] = None) -> torch.Tensor:
