@@ -10,7 +10,7 @@ import torch
 from vir_lightning.tools import benchmark
 from vir_lightning.cli import main
 
-QUICK = ['--sizes', '32', '64', '--repeats', '1', '--warmup', '0', '--no-isolate']
+QUICK = ['--sizes', '32', '64', '--repeats', '1', '--warmup', '0', '--min-sample-seconds', '0', '--no-isolate']
 
 
 def test_benchmark_writes_json_csv_table_and_plot(tmp_path, capsys):
@@ -28,13 +28,14 @@ def test_benchmark_writes_json_csv_table_and_plot(tmp_path, capsys):
         ('vir', 'chunkwise', 64), ('vit', None, 64), ('qna', None, 64)]
     assert [r['family'] for r in rows[:4]] == ['ViR', 'ViR', 'ViT', 'QnA']
     assert all(r['status'] == 'ok' and r['infer_images_per_s'] > 0 and r['train_images_per_s'] > 0 for r in rows)
-    assert all(len(r['infer_times']) == 1 and r['infer_tensor_peak_mb'] > 0 for r in rows)
+    assert all(len(r['infer_times']) == 1 and r['infer_tensor_peak_mb'] > 0 and r['infer_warm_peak_mb'] is not None
+               for r in rows)
     vit = [r for r in rows if r['family'] == 'ViT']
     assert {r['sdpa_backend'] for r in vit} <= {'flash_attention', 'efficient_attention', 'math'}
     with open(out / 'results.csv') as f:
         assert len(list(csv.DictReader(f))) == 7
     table = (out / 'results.md').read_text()
-    assert '/ ViT inference' in table and '/ ViT tensor memory' in table
+    assert '/ ViT inference' in table and '/ ViT warm memory' in table and '/ ViT tensor memory' in table
     assert '| 64 | vir_tiny_patch16_224 (' in table and '| 64 | qna_vit_tiny |' in table
     assert (out / 'results.png').stat().st_size > 10_000
     assert 'wrote' in capsys.readouterr().out

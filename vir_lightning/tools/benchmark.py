@@ -27,6 +27,7 @@ CPU counterpart of the CUDA figure).
 import argparse
 import concurrent.futures
 import csv
+import ctypes
 import datetime
 import json
 import math
@@ -124,6 +125,20 @@ def tensor_peak_mb(step: Callable[[], None]) -> float:
     with LiveTensors() as tracker:
         step()
     return tracker.peak / 2 ** 20
+
+
+def warm_resident_mb(step: Callable[[], None]) -> Optional[float]:
+    """Peak resident MiB that one more pass adds to a warm process, the C heap's free memory handed back first
+    (glibc's ``malloc_trim``): what a long run over many images holds, without the one-time costs of a first
+    pass (library code paged in, thread pools) and without the freed blocks earlier passes left in the heap.
+    None where the C library has no ``malloc_trim``."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        return None
+    with peak_memory(torch.device('cpu')) as memory:
+        step()
+    return memory['mb']
 
 
 def _is_oom(error: BaseException) -> bool:
@@ -317,7 +332,9 @@ def _run(model, images, head: str, args, device: torch.device, autocast) -> Dict
     figures = {**_figures('infer', times, len(images)), 'infer_peak_mb': memory['mb']}
     if device.type == 'cpu':
         with torch.inference_mode(), autocast:
-            figures['infer_tensor_peak_mb'] = tensor_peak_mb(_inference_step(model, images, head))
+            step = _inference_step(model, images, head)
+            figures['infer_tensor_peak_mb'] = tensor_peak_mb(step)
+            figures['infer_warm_peak_mb'] = warm_resident_mb(step)
     if not args.train:
         return figures
     step = _training_step(model, images, head, args, device, autocast)
@@ -447,9 +464,8 @@ def write_outputs(results: List[Dict], meta: Dict, output: Path) -> List[Path]:
     paths = [output / 'results.json', output / 'results.csv', output / 'results.md', output / 'results.png']
     paths[0].write_text(json.dumps({'meta': meta, 'results': results}, indent=1))
     columns = ['backbone', 'family', 'retention_mode', 'sdpa_backend', 'head', 'size', 'tokens', 'batch_size',
-               'dtype', 'status', 'infer_images_per_s', 'infer_seconds', 'infer_peak_mb', 'infer_tensor_peak_mb',
-               'train_images_per_s',
-               'train_seconds', 'train_peak_mb']
+               'dtype', 'status', 'infer_images_per_s', 'infer_seconds', 'infer_peak_mb', 'infer_warm_peak_mb',
+               'infer_tensor_peak_mb', 'train_images_per_s', 'train_seconds', 'train_peak_mb']
     with open(paths[1], 'w', newline='') as f:
         writer = csv.DictWriter(f, columns, extrasaction='ignore')
         writer.writeheader()
@@ -472,15 +488,16 @@ def heading(meta: Dict) -> List[str]:
 def markdown_table(results: List[Dict], meta: Dict) -> str:
     lines = [*heading(meta),
              '| model | head | size | tokens | inference img/s | train img/s | inference peak MiB '
-             '| inference tensor peak MiB | train peak MiB |',
-             '|---|---|---|---|---|---|---|---|---|']
+             '| warm inference peak MiB | inference tensor peak MiB | train peak MiB |',
+             '|---|---|---|---|---|---|---|---|---|---|']
     for r in results:
         if r['status'] != 'ok':
-            lines.append(f"| {label(r)} | {r['head']} | {r['size']} | {r['tokens']} | {r['status']} | | | | |")
+            lines.append(f"| {label(r)} | {r['head']} | {r['size']} | {r['tokens']} | {r['status']} | | | | | |")
             continue
         lines.append(f"| {label(r)} | {r['head']} | {r['size']} | {r['tokens']} | "
                      f"{_fmt(r['infer_images_per_s'], 3)} | {_fmt(r.get('train_images_per_s'), 3)} | "
-                     f"{_fmt(r['infer_peak_mb'], 0)} | {_fmt(r.get('infer_tensor_peak_mb'), 0)} | "
+                     f"{_fmt(r['infer_peak_mb'], 0)} | {_fmt(r.get('infer_warm_peak_mb'), 0)} | "
+                     f"{_fmt(r.get('infer_tensor_peak_mb'), 0)} | "
                      f"{_fmt(r.get('train_peak_mb'), 0)} |")
     lines += ['', ratio_table(results)]
     return '\n'.join(lines) + '\n'
@@ -489,9 +506,9 @@ def markdown_table(results: List[Dict], meta: Dict) -> str:
 def ratio_table(results: List[Dict]) -> str:
     """ViR (the ``auto`` form if measured: what a user gets; else the fastest form) and QnA-ViT over the ViT, per
     size: speed-ups (> 1: faster than ViT; median of paired ratios when timed interleaved) and memory ratios
-    (< 1: less than ViT; peak memory, and on CPU the tensor peak too)."""
-    rows = ['| size | model | / ViT inference | / ViT training | / ViT inference memory | / ViT tensor memory |',
-            '|---|---|---|---|---|---|']
+    (< 1: less than ViT; peak memory, and on CPU the warm pass's peak and the tensor peak too)."""
+    rows = ['| size | model | / ViT inference | / ViT training | / ViT inference memory | / ViT warm memory '
+            '| / ViT tensor memory |', '|---|---|---|---|---|---|---|']
     ok = [r for r in results if r['status'] == 'ok']
     for size in sorted({r['size'] for r in ok}):
         vit = [r for r in ok if r['size'] == size and r['family'] == 'ViT']
@@ -501,11 +518,11 @@ def ratio_table(results: List[Dict]) -> str:
                 continue
             auto = [r for r in ours if r.get('retention_mode') == 'auto']
             best, base = auto[0] if auto else max(ours, key=lambda r: r['infer_images_per_s']), vit[0]
-            infer, train = paired_ratio(best, base, 'infer'), paired_ratio(best, base, 'train')
-            memory, tensors = (best[key] / base[key] if best.get(key) and base.get(key) else None
-                               for key in ('infer_peak_mb', 'infer_tensor_peak_mb'))
-            rows.append(f"| {size} | {label(best)} | {_fmt(infer)}x | {_fmt(train)}{'x' if train else ''} | "
-                        f"{_fmt(memory)}{'x' if memory else ''} | {_fmt(tensors)}{'x' if tensors else ''} |")
+            ratios = [paired_ratio(best, base, 'infer'), paired_ratio(best, base, 'train')] + [
+                best[key] / base[key] if best.get(key) and base.get(key) else None
+                for key in ('infer_peak_mb', 'infer_warm_peak_mb', 'infer_tensor_peak_mb')]
+            rows.append(f"| {size} | {label(best)} | " + ' | '.join(f"{_fmt(x)}{'x' if x else ''}" for x in ratios)
+                        + ' |')
     return '\n'.join(rows)
 
 
@@ -515,8 +532,9 @@ def plot(results: List[Dict], meta: Dict, path: Path) -> None:
     import matplotlib.pyplot as plt
     panels = [('infer_images_per_s', 'inference images/s'), ('train_images_per_s', 'training images/s'),
               ('infer_peak_mb', 'inference peak memory (MiB)')]
-    if any(r.get('infer_tensor_peak_mb') for r in results):
-        panels.append(('infer_tensor_peak_mb', 'inference tensor peak (MiB)'))
+    panels += [(key, title) for key, title in (('infer_warm_peak_mb', 'warm inference peak memory (MiB)'),
+                                               ('infer_tensor_peak_mb', 'inference tensor peak (MiB)'))
+               if any(r.get(key) for r in results)]
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4))
     for ax, (key, title) in zip(axes, panels):
         for name in dict.fromkeys(label(r) for r in results):
