@@ -628,7 +628,8 @@ def main(argv: Optional[List[str]] = None) -> Path:
         return adaptive_main(argv[1:])
     args = parser().parse_args(argv)
     device, dtype = device_and_dtype(args)
-    if args.batch_size < 1 or args.repeats < 1 or args.warmup < 0 or args.min_sample_seconds < 0 or any(s < 16 or s % 16 for s in args.sizes):
+    if args.batch_size < 1 or args.repeats < 1 or args.warmup < 0 or args.min_sample_seconds < 0 or \
+            any(s < 16 or s % 16 for s in args.sizes):
         raise UserError('--batch-size and --repeats must be >= 1, --warmup and --min-sample-seconds >= 0, '
                         '--sizes multiples of 16')
     meta = environment(device, dtype, args, argv)
