@@ -19,7 +19,7 @@ def test_benchmark_writes_json_csv_table_and_plot(tmp_path, capsys):
           '--output', str(out)])
     data = json.loads((out / 'results.json').read_text())
     meta = data['meta']
-    assert {'device', 'dtype', 'batch_size', 'versions', 'command', 'date'} <= set(meta)
+    assert {'device', 'dtype', 'batch_size', 'versions', 'command', 'date', 'environment'} <= set(meta)
     assert meta['command'].startswith('python -m vir_lightning benchmark') and 'torch' in meta['versions']
     rows = data['results']
     # recurrent only where it has at most 4 tokens (32 px); ViT and QnA-ViT once per size

@@ -423,6 +423,10 @@ def plan(args) -> List[tuple]:
     return points
 
 
+# environment variables that change CPU speed or memory (the C heap's thresholds, thread counts, a preloaded allocator)
+TUNING_VARIABLES = ('MALLOC_', 'OMP_', 'MKL_', 'KMP_', 'LD_PRELOAD')
+
+
 def cpu_name() -> str:
     """The processor's model name (Linux), else what ``platform`` knows: ratios differ between CPUs (ViR-T over
     ViT-T at 2048 px, same code: 9.5x on one 2-core machine, 7.2x on another), so results say which one ran."""
@@ -449,6 +453,7 @@ def environment(device: torch.device, dtype: torch.dtype, args, argv: List[str])
             'batch_size': args.batch_size, 'versions': versions, 'platform': platform.platform(),
             'date': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
             'command': 'python -m vir_lightning benchmark ' + ' '.join(argv),
+            'environment': {k: v for k, v in os.environ.items() if k.startswith(TUNING_VARIABLES)},
             'settings': {k: v for k, v in vars(args).items() if k != 'output'}}
 
 
@@ -481,8 +486,9 @@ def _fmt(value, digits: int = 2) -> str:
 
 def heading(meta: Dict) -> List[str]:
     """The lines above a results table: device, dtype, batch, date and the command that measured it."""
+    variables = ''.join(f'{k}={v} ' for k, v in meta.get('environment', {}).items())
     return [f"{meta['device']}, {meta['dtype']}, batch {meta['batch_size']}, {meta['date']}",
-            f"`{meta['command']}`", '']
+            f"`{variables}{meta['command']}`", '']
 
 
 def markdown_table(results: List[Dict], meta: Dict) -> str:
