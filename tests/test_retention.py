@@ -318,6 +318,33 @@ def test_gradcheck(mode, chunk_size, direction):
     assert torch.autograd.gradcheck(fn, (q, k, v), eps=1e-6, atol=1e-8, rtol=1e-6)
 
 
+@pytest.mark.parametrize('reverse', [False, True], ids=['forward', 'reverse'])
+def test_the_chunk_state_scan_has_its_gradient_in_closed_form(reverse):
+    """The scan's backward is a scan the other way, not autograd through the loop: it must give autograd's
+    gradients for the updates and for decays shared across the batch (B' = 1), and gradcheck in float64."""
+    g = torch.Generator().manual_seed(5)
+    updates = torch.randn(2, 2, 5, 3, 2, generator=g, dtype=torch.float64, requires_grad=True)
+    decays = torch.rand(1, 2, 5, generator=g, dtype=torch.float64).requires_grad_()
+    weights = torch.randn(2, 2, 5, 3, 2, generator=g, dtype=torch.float64)
+
+    def loop(updates, decays):  # the recurrence written out, differentiated by autograd
+        order = range(4, 0, -1) if reverse else range(4)
+        states = {4 if reverse else 0: updates.new_zeros(2, 2, 3, 2)}
+        for i in order:
+            j = i - 1 if reverse else i + 1
+            states[j] = decays[:, :, i, None, None] * states[i] + updates[:, :, i]
+        return torch.stack([states[i] for i in range(5)], dim=2)
+
+    scan = retention_forms._scan(updates, decays, reverse)
+    expected = loop(updates, decays)
+    assert torch.allclose(scan, expected, rtol=0, atol=1e-14)
+    got = torch.autograd.grad((scan * weights).sum(), (updates, decays))
+    want = torch.autograd.grad((expected * weights).sum(), (updates, decays))
+    for a, b in zip(got, want):
+        assert torch.allclose(a, b, rtol=0, atol=1e-13)
+    assert torch.autograd.gradcheck(lambda u, a: retention_forms._scan(u, a, reverse), (updates, decays))
+
+
 @pytest.mark.parametrize('mode', RETENTION_MODES)
 def test_output_dtype_is_the_same_for_every_form_under_autocast(mode):
     q = torch.randn(1, 2, 9, 4)
