@@ -428,8 +428,8 @@ TUNING_VARIABLES = ('MALLOC_', 'OMP_', 'MKL_', 'KMP_', 'LD_PRELOAD')
 
 
 def cpu_name() -> str:
-    """The processor's model name (Linux), else what ``platform`` knows: ratios differ between CPUs (ViR-T over
-    ViT-T at 2048 px, same code: 9.5x on one 2-core machine, 7.2x on another), so results say which one ran."""
+    """The processor's model name (Linux), else what ``platform`` knows: this project's 2-core machines of one
+    kind ran the same models 2-3x faster on one day than on another, so results say which CPU ran."""
     try:
         with open('/proc/cpuinfo') as cpuinfo:
             return next(line.split(':', 1)[1].strip() for line in cpuinfo if line.startswith('model name'))
