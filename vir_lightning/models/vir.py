@@ -116,16 +116,16 @@ class Retention(nn.Module):
             q, k, v = qkv.unbind(0)
             decay = cached_parallel_decay(self.log_decay, N, self.direction, q, self.scale)
             out = retention_parallel(q, k, v, self._log_decay(q), self.direction, decay=decay, scale=self.scale)
-            return self.proj_drop(self.proj(self.normalize_heads(out)))
-        # head-major q, k and v in one copy (padded with zero tokens at the end, which change no real token's output
-        # in either direction): every matmul after reads them in place, where strided views cost a copy each
-        pad = chunk_padding(mode, self.kernel, x, N, self.chunk_size)
-        qkv = F.pad(qkv, (0, 0, 0, pad)) if pad else qkv.contiguous()
-        qkv[0].mul_(self.scale)  # q scaled in place: a copy, not the projection's output that autograd may keep
-        q, k, v = qkv.unbind(0)
-        del qkv
-        out = retention(q, k, v, self._log_decay(q), mode=mode, direction=self.direction, chunk_size=self.chunk_size,
-                        kernel=self.kernel)
+        else:
+            # head-major q, k and v in one copy (padded with zero tokens at the end, which change no real token's
+            # output in either direction): every matmul after reads them in place, where strided views cost a copy
+            pad = chunk_padding(mode, self.kernel, x, N, self.chunk_size)
+            qkv = F.pad(qkv, (0, 0, 0, pad)) if pad else qkv.contiguous()
+            qkv[0].mul_(self.scale)  # q scaled in place: a copy, not the projection's output that autograd may keep
+            q, k, v = qkv.unbind(0)
+            del qkv
+            out = retention(q, k, v, self._log_decay(q), mode=mode, direction=self.direction,
+                            chunk_size=self.chunk_size, kernel=self.kernel)
         return self.proj_drop(self.proj(self.normalize_heads(out[:, :, :N])))
 
     def normalize_heads(self, out: torch.Tensor, heads: Optional[torch.Tensor] = None) -> torch.Tensor:
