@@ -110,6 +110,14 @@ def test_a_task_given_data_of_another_task_is_named(tmp_path, monkeypatch, capsy
     one_line_error(code, err, 'ClassificationTask', 'SyntheticScenesDataModule')
 
 
+def test_a_geometry_for_a_backbone_without_one_is_named(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_main(['fit', '--config', 'cls_demo.yaml', *TINY, '--model.backbone=vit_tiny_patch16_224',
+                             '--model.backbone_kwargs.geometry=2d'], capsys)
+    one_line_error(code, err, 'geometry 2d', 'vit_tiny_patch16_224', 'vir_tiny_patch16_224')
+    assert not (tmp_path / 'runs').exists()
+
+
 def test_no_logger_drops_the_lr_monitor_instead_of_failing(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     code, _, err = run_main(['fit', '--config', 'cls_demo.yaml', *TINY, '--trainer.logger=false'], capsys)

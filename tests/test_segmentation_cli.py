@@ -1,5 +1,6 @@
 """The segmentation commands as a user runs them: demo fit/validate/predict, and the ADE20K error path."""
 import pytest
+import torch
 from PIL import Image
 
 from test_cli import run_main
@@ -51,8 +52,10 @@ def test_ade20k_missing_stops_at_once_with_directions(tmp_path, monkeypatch, cap
     assert '--data.root' in err and 'seg_demo.yaml' in err and 'http' in err
 
 
-def test_seg_ade20k_config_trains_and_validates_on_any_folder_in_ade20k_layout(tmp_path, monkeypatch, capsys):
-    """The headline config itself (bf16-mixed kept), on CPU, pointed at a small folder in ADE20K layout."""
+@pytest.mark.parametrize('geometry', ['1d', '2d'])
+def test_seg_ade20k_config_trains_and_validates_on_any_folder_in_ade20k_layout(tmp_path, monkeypatch, capsys, geometry):
+    """The headline config itself (bf16-mixed kept), on CPU, pointed at a small folder in ADE20K layout; with
+    ``--model.backbone_kwargs.geometry 2d`` its ViR runs 2D retention."""
     from vir_lightning.datamodules import SyntheticScenesDataModule
     root = tmp_path / 'ADEChallengeData2016'
     SyntheticScenesDataModule(root=str(root), num_train=6, num_val=2).prepare_data()
@@ -65,7 +68,9 @@ def test_seg_ade20k_config_trains_and_validates_on_any_folder_in_ade20k_layout(t
         '--model.backbone_kwargs.embed_dim=32', '--model.backbone_kwargs.num_heads=2',
         '--model.out_indices=[0, 1, 2, 3]',
         '--model.head_kwargs.channels=16', '--model.head_kwargs.aux_channels=8', '--model.crop_size=64',
-        '--model.stride=48'], capsys)
+        '--model.stride=48', '--model.backbone_kwargs.geometry', geometry], capsys)
     assert code == 0, err
     metrics = (tmp_path / 'runs' / 'seg_ade20k_vir_b' / 'version_0' / 'checkpoints')
     assert any(p.name.startswith('best-step') for p in metrics.iterdir())
+    last = torch.load(metrics / 'last.ckpt', map_location='cpu', weights_only=False)
+    assert last['hyper_parameters']['backbone_kwargs']['geometry'] == geometry

@@ -27,7 +27,8 @@ def test_mmseg_imports_on_mmcv_lite_and_guarded_imports_still_fail_cleanly():
     assert mmcv.ops is __import__('sys').modules['mmcv.ops']
 
 
-def test_vir_builds_inside_mmseg_encoder_decoder():
+@pytest.mark.parametrize('geometry', ['1d', '2d'])
+def test_vir_builds_inside_mmseg_encoder_decoder(geometry):
     import vir_lightning.mmseg  # noqa: F401  (registers TimmFeatures)
     from mmseg.registry import MODELS
     from mmseg.utils import register_all_modules
@@ -37,13 +38,15 @@ def test_vir_builds_inside_mmseg_encoder_decoder():
         data_preprocessor=dict(type='SegDataPreProcessor', mean=[123.675, 116.28, 103.53],
                                std=[58.395, 57.12, 57.375], size=(64, 64)),
         backbone=dict(type='ViR', model_name='vir_tiny_patch16_224', out_indices=(1, 3),
-                      model_kwargs=dict(depth=4, embed_dim=32, num_heads=2, retention_mode='chunkwise')),
+                      model_kwargs=dict(depth=4, embed_dim=32, num_heads=2, retention_mode='chunkwise',
+                                        geometry=geometry)),
         neck=dict(type='MultiLevelNeck', in_channels=[32, 32], out_channels=32, scales=[2, 1]),
         decode_head=dict(type='UPerHead', in_channels=[32, 32], in_index=[0, 1], pool_scales=(1, 2), channels=16,
                          num_classes=4, norm_cfg=dict(type='BN', requires_grad=True), align_corners=False,
                          loss_decode=dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=1.0)),
         train_cfg=dict(), test_cfg=dict(mode='whole')))
     assert model.backbone.model.model.retention_mode == 'chunkwise'
+    assert model.backbone.model.model.blocks[0].retention.geometry == geometry
     assert model(torch.randn(2, 3, 64, 64), mode='tensor').shape == (2, 4, 8, 8)
 
 

@@ -330,6 +330,9 @@ def _check_adaptable(backbone: nn.Module) -> None:
             raise ValueError("AdaViT decides from the class token: build the ViR with class_token=True")
         if not all(type(b) is RetentionBlock for b in backbone.blocks):
             raise ValueError("AdaViT adapts ViR built of RetentionBlocks only")
+        if any(b.retention.geometry != '1d' for b in backbone.blocks):
+            raise ValueError("AdaViT adapts ViR of geometry '1d' (its kept tokens keep their raster positions): "
+                             "build the ViR with geometry='1d'")
         return
     if isinstance(backbone, VisionTransformer):
         if backbone.cls_token is None:

@@ -40,6 +40,7 @@ from .retention import (
     DecaySchedule, Direction, Kernel, RetentionMode, cached_parallel_decay, check_retention, decay_dtype,
     chunk_padding, decay_schedule, resolve_mode, retention, retention_parallel,
 )
+from .retention_2d import Geometry, Grid, check_geometry, read_all, retention_2d, tile_side
 
 __all__ = ['VisionRetentionNetwork', 'Retention', 'RetentionBlock']
 
@@ -73,11 +74,14 @@ class Retention(nn.Module):
             head_norm: bool = True,
             proj_drop: float = 0.,
             kernel: Kernel = 'auto',
+            geometry: Geometry = '1d',
     ):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"dim {dim} must be divisible by num_heads {num_heads}")
         check_retention(mode, direction, chunk_size, kernel)
+        check_geometry(geometry, mode, kernel)
+        self.geometry = geometry
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.scale = self.head_dim ** -0.5
@@ -99,6 +103,7 @@ class Retention(nn.Module):
         chunk_size = self.chunk_size if chunk_size is None else chunk_size
         kernel = self.kernel if kernel is None else kernel
         check_retention(mode, self.direction, chunk_size, kernel)
+        check_geometry(self.geometry, mode, kernel)
         self.mode, self.chunk_size, self.kernel = mode, chunk_size, kernel
 
     def _log_decay(self, like: torch.Tensor) -> torch.Tensor:
@@ -108,11 +113,14 @@ class Retention(nn.Module):
             self._decay_cache[key] = torch.tensor(self.log_decay, dtype=key[1], device=key[0])
         return self._decay_cache[key]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, grid: Optional[Grid] = None) -> torch.Tensor:
+        """x [B, N, C]; ``grid`` (rows, cols) of the patches, the first rows * cols tokens (needed by 2D)."""
         B, N, C = x.shape
         mode = resolve_mode(self.mode, N)
         qkv = self.qkv(x).view(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        if mode == 'parallel':  # q, k and v read in place; q's scale rides on the (cached) decay matrix
+        if self.geometry == '2d':
+            out = self._retention_2d(qkv, mode, grid)
+        elif mode == 'parallel':  # q, k and v read in place; q's scale rides on the (cached) decay matrix
             q, k, v = qkv.unbind(0)
             decay = cached_parallel_decay(self.log_decay, N, self.direction, q, self.scale)
             out = retention_parallel(q, k, v, self._log_decay(q), self.direction, decay=decay, scale=self.scale)
@@ -127,6 +135,19 @@ class Retention(nn.Module):
             out = retention(q, k, v, self._log_decay(q), mode=mode, direction=self.direction,
                             chunk_size=self.chunk_size, kernel=self.kernel)
         return self.proj_drop(self.proj(self.normalize_heads(out[:, :, :N])))
+
+    def _retention_2d(self, qkv: torch.Tensor, mode: str, grid: Optional[Grid]) -> torch.Tensor:
+        """Patches by 2D retention; tokens past them (the class token) read every token, undecayed: they have no
+        grid position, and a summary of the image should not favour a corner. No patch reads them."""
+        if grid is None:
+            raise ValueError("geometry '2d' needs the patch grid: call Retention(x, grid=(rows, cols))")
+        patches = grid[0] * grid[1]
+        q, k, v = qkv.unbind(0)
+        out = retention_2d(q[:, :, :patches], k[:, :, :patches], v[:, :, :patches], self._log_decay(q), grid,
+                           mode, self.direction, tile_side(self.chunk_size), self.scale)
+        if q.shape[2] == patches:
+            return out
+        return torch.cat([out, read_all(q[:, :, patches:], k, v, self.scale)], dim=2)
 
     def normalize_heads(self, out: torch.Tensor, heads: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Retention output [B, h, N, d] of all heads (or of the ``heads`` kept) -> [B, N, h * d], each head of
@@ -143,7 +164,7 @@ class Retention(nn.Module):
 
     def extra_repr(self) -> str:
         return f'heads={self.num_heads}, mode={self.mode}, chunk_size={self.chunk_size}, ' \
-               f'direction={self.direction}, decay={self.decay}, kernel={self.kernel}'
+               f'direction={self.direction}, geometry={self.geometry}, decay={self.decay}, kernel={self.kernel}'
 
 
 class RetentionBlock(nn.Module):
@@ -172,8 +193,8 @@ class RetentionBlock(nn.Module):
         self.ls2 = LayerScale(dim, init_values=init_values) if init_values else nn.Identity()
         self.drop_path2 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = add_residual(x, self.retention(self.norm1(x)), self.ls1, self.drop_path1)
+    def forward(self, x: torch.Tensor, grid: Optional[Grid] = None) -> torch.Tensor:
+        x = add_residual(x, self.retention(self.norm1(x), grid), self.ls1, self.drop_path1)
         return add_residual(x, self._mlp(x), self.ls2, self.drop_path2)
 
     def _mlp(self, x: torch.Tensor) -> torch.Tensor:
@@ -243,6 +264,7 @@ class VisionRetentionNetwork(nn.Module):
             chunk_size: int = 64,
             retention_kernel: Kernel = 'auto',
             direction: Direction = 'causal',
+            geometry: Geometry = '1d',
             decay_schedule: DecaySchedule = 'vir',
             head_norm: bool = True,
             dynamic_img_pad: bool = False,
@@ -284,6 +306,7 @@ class VisionRetentionNetwork(nn.Module):
                 init_values=init_values, proj_drop=proj_drop_rate, drop_path=dpr[i],
                 norm_layer=norm_layer, act_layer=act_layer, mode=retention_mode, direction=direction,
                 chunk_size=chunk_size, decay=decay_schedule, head_norm=head_norm, kernel=retention_kernel,
+                geometry=geometry,
             )
             for i in range(depth)])
         self.feature_info = [
@@ -376,15 +399,15 @@ class VisionRetentionNetwork(nn.Module):
             x = torch.cat([x, self.cls_token.expand(x.shape[0], -1, -1)], dim=1)
         return self.pos_drop(x), grid
 
-    def _run_block(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    def _run_block(self, block: nn.Module, x: torch.Tensor, grid: Grid) -> torch.Tensor:
         if self.grad_checkpointing and not torch.jit.is_scripting():
-            return checkpoint(block, x)
-        return block(x)
+            return checkpoint(block, x, grid)
+        return block(x, grid)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x, _ = self._embed(x)
+        x, grid = self._embed(x)
         for block in self.blocks:
-            x = self._run_block(block, x)
+            x = self._run_block(block, x, grid)
         return self.norm(x)
 
     def pool(self, x: torch.Tensor) -> torch.Tensor:
@@ -425,7 +448,7 @@ class VisionRetentionNetwork(nn.Module):
         blocks = self.blocks[:max_index + 1] if stop_early else self.blocks
         intermediates = []
         for i, block in enumerate(blocks):
-            x = self._run_block(block, x)
+            x = self._run_block(block, x, (gh, gw))
             if i in take_indices:
                 intermediates.append(self.norm(x) if norm else x)
 

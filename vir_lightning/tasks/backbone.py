@@ -46,6 +46,10 @@ def create_backbone(name: str, kwargs: Optional[Dict[str, Any]] = None, **overri
         except (TypeError, ValueError, AssertionError) as error:  # timm asserts on out-of-range out_indices
             unexpected = _UNEXPECTED.search(str(error))
             option = unexpected.group(1) if unexpected else None
+            if option == 'geometry' and kwargs[option] != '1d':  # a change of model, never silently dropped
+                raise UserError(f"--model.backbone_kwargs.geometry {kwargs[option]}: {name} has no retention "
+                                f"geometry; 2D retention is ViR's (e.g. --model.backbone vir_tiny_patch16_224), or "
+                                f"remove the option") from None
             if isinstance(error, TypeError) and option in family_options() and option not in overrides:
                 left_out.append(option)
                 kwargs.pop(option)
