@@ -44,10 +44,10 @@ def test_benchmark_writes_json_csv_table_and_plot(tmp_path, capsys):
 def test_out_of_memory_is_recorded_and_the_run_goes_on(tmp_path, monkeypatch):
     real = benchmark.build_model
 
-    def build(name, size, head, mode, args):
+    def build(name, size, head, mode, args, geometry='1d'):
         if size == 64 and name.startswith('vit'):
             raise RuntimeError('CUDA out of memory. Tried to allocate 20.00 GiB')
-        return real(name, size, head, mode, args)
+        return real(name, size, head, mode, args, geometry)
 
     monkeypatch.setattr(benchmark, 'build_model', build)
     out = benchmark.main([*QUICK, '--modes', 'chunkwise', '--no-train', '--output', str(tmp_path)])
@@ -55,6 +55,18 @@ def test_out_of_memory_is_recorded_and_the_run_goes_on(tmp_path, monkeypatch):
     assert [r['status'] for r in rows] == ['ok', 'ok', 'ok', 'ok', 'OOM', 'ok']
     assert 'train_images_per_s' not in rows[0]
     assert 'OOM' in (out / 'results.md').read_text()
+
+
+def test_both_geometries_are_measured_and_each_has_its_ratio_row(tmp_path):
+    out = benchmark.main([*QUICK, '--backbones', 'vir_tiny_patch16_224', 'vit_tiny_patch16_224', '--modes', 'auto',
+                          'recurrent', '--geometries', '1d', '2d', '--no-train', '--output', str(tmp_path)])
+    rows = json.loads((out / 'results.json').read_text())['results']
+    # recurrent is 1D only
+    assert [(r['retention_mode'], r['geometry']) for r in rows if r['size'] == 32] == [
+        ('auto', '1d'), ('recurrent', '1d'), ('auto', '2d'), (None, None)]
+    assert all(r['status'] == 'ok' for r in rows)
+    table = (out / 'results.md').read_text()
+    assert '| 64 | vir_tiny_patch16_224 (auto) |' in table and '| 64 | vir_tiny_patch16_224 (auto, 2d) |' in table
 
 
 @pytest.mark.parametrize('head', ['uper', 'faster_rcnn'])

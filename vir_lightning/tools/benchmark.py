@@ -147,14 +147,14 @@ def _is_oom(error: BaseException) -> bool:
 
 
 # ---- models ----------------------------------------------------------------------------------------
-def build_model(name: str, size: int, head: str, mode: Optional[str], args) -> torch.nn.Module:
-    """The backbone (and head) at ``size``; ViR in retention form ``mode``."""
+def build_model(name: str, size: int, head: str, mode: Optional[str], args, geometry: str = '1d') -> torch.nn.Module:
+    """The backbone (and head) at ``size``; ViR in retention form ``mode`` and ``geometry``."""
     import timm
     import vir_lightning  # noqa: F401  (registers ViR)
     kwargs = dict(img_size=size)
     if is_vir(name):
         kwargs.update(retention_mode=mode, chunk_size=args.chunk_size, direction=args.direction,
-                      retention_kernel=args.kernel)
+                      retention_kernel=args.kernel, geometry=geometry)
     if head == 'none':
         return timm.create_model(name, num_classes=0, **kwargs)
     if head == 'uper':  # four maps, as the mmseg ViT recipe (which blocks does not change the cost)
@@ -232,20 +232,21 @@ def median_seconds(step: Callable[[], None], device: torch.device, warmup: int, 
     return [_timed(step, device, passes) for _ in range(repeats)]
 
 
-def _record(name: str, size: int, head: str, mode: Optional[str], args, dtype: torch.dtype, status: str) -> Dict:
+def _record(name: str, size: int, head: str, mode: Optional[str], geometry: Optional[str], args, dtype: torch.dtype,
+            status: str) -> Dict:
     """What identifies a point (tokens assume patch 16 until the model says otherwise)."""
-    return dict(backbone=name, family=family(name), retention_mode=mode, size=size, head=head,
+    return dict(backbone=name, family=family(name), retention_mode=mode, geometry=geometry, size=size, head=head,
                 batch_size=args.batch_size, dtype=str(dtype).replace('torch.', ''), tokens=(size // 16) ** 2,
                 status=status)
 
 
-def measure(name: str, size: int, head: str, mode: Optional[str], args, device: torch.device,
-            dtype: torch.dtype) -> Dict:
+def measure(name: str, size: int, head: str, mode: Optional[str], geometry: Optional[str], args,
+            device: torch.device, dtype: torch.dtype) -> Dict:
     """One point: inference and training figures, or the reason there are none."""
-    record = _record(name, size, head, mode, args, dtype, status='ok')
+    record = _record(name, size, head, mode, geometry, args, dtype, status='ok')
     torch.manual_seed(0)
     try:
-        model = build_model(name, size, head, mode, args).to(device)
+        model = build_model(name, size, head, mode, args, geometry).to(device)
     except Exception as error:  # noqa: BLE001 - recorded, the run goes on
         return {**record, 'status': 'OOM' if _is_oom(error) else f'error: {error}'}
     patch = next((m.patch_size for m in model.modules() if type(m).__name__ == 'PatchEmbed'), (16, 16))
@@ -285,11 +286,11 @@ def in_fresh_process(function: Callable, *args):
             return None
 
 
-def measure_isolated(name: str, size: int, head: str, mode: Optional[str], args, device: torch.device,
-                     dtype: torch.dtype) -> Dict:
+def measure_isolated(name: str, size: int, head: str, mode: Optional[str], geometry: Optional[str], args,
+                     device: torch.device, dtype: torch.dtype) -> Dict:
     """``measure`` in a fresh process."""
-    return in_fresh_process(measure, name, size, head, mode, args, device, dtype) or \
-        _record(name, size, head, mode, args, dtype, status='OOM')
+    return in_fresh_process(measure, name, size, head, mode, geometry, args, device, dtype) or \
+        _record(name, size, head, mode, geometry, args, dtype, status='OOM')
 
 
 def _inference_step(model, images: torch.Tensor, head: str) -> Callable[[], None]:
@@ -368,7 +369,8 @@ def time_interleaved(records: List[Dict], head: str, args, device: torch.device,
     models, images, pinned = [], None, []
     for r in records:
         torch.manual_seed(0)
-        models.append(build_model(r['backbone'], r['size'], head, r['retention_mode'], args).to(device))
+        models.append(build_model(r['backbone'], r['size'], head, r['retention_mode'], args,
+                                  r['geometry'] or '1d').to(device))
         backend = r.get('sdpa_backend', 'none').upper()
         pinned.append(backend if backend in SDPA_ORDER else None)
     images = torch.randn(args.batch_size, 3, records[0]['size'], records[0]['size'], device=device)
@@ -407,19 +409,20 @@ def paired_ratio(ours: Dict, base: Dict, kind: str) -> Optional[float]:
 
 # ---- plan, outputs ---------------------------------------------------------------------------------
 def plan(args) -> List[tuple]:
-    """(backbone, size, retention mode) points; recurrent only up to --recurrent-max-tokens."""
+    """(backbone, size, retention mode, geometry) points; recurrent only up to --recurrent-max-tokens, and in 1D."""
     points = []
     for size in args.sizes:
         for name in args.backbones:
             if not is_vir(name):
-                points.append((name, size, None))
+                points.append((name, size, None, None))
                 continue
-            for mode in args.modes:
-                if mode == 'parallel' and (size // 16) ** 2 > args.parallel_max_tokens:
-                    continue
-                if mode == 'recurrent' and (size // 16) ** 2 > args.recurrent_max_tokens:
-                    continue
-                points.append((name, size, mode))
+            for geometry in args.geometries:
+                for mode in args.modes:
+                    if mode == 'parallel' and (size // 16) ** 2 > args.parallel_max_tokens:
+                        continue
+                    if mode == 'recurrent' and ((size // 16) ** 2 > args.recurrent_max_tokens or geometry == '2d'):
+                        continue
+                    points.append((name, size, mode, geometry))
     return points
 
 
@@ -459,6 +462,8 @@ def environment(device: torch.device, dtype: torch.dtype, args, argv: List[str])
 
 def label(record: Dict) -> str:
     mode = record.get('retention_mode')
+    if mode and record.get('geometry') == '2d':
+        return record['backbone'] + f' ({mode}, 2d)'
     if mode or record.get('family') == 'QnA':
         return record['backbone'] + (f' ({mode})' if mode else '')
     return record['backbone'] + f" (sdpa {record.get('sdpa_backend', '?')})"
@@ -468,8 +473,8 @@ def write_outputs(results: List[Dict], meta: Dict, output: Path) -> List[Path]:
     output.mkdir(parents=True, exist_ok=True)
     paths = [output / 'results.json', output / 'results.csv', output / 'results.md', output / 'results.png']
     paths[0].write_text(json.dumps({'meta': meta, 'results': results}, indent=1))
-    columns = ['backbone', 'family', 'retention_mode', 'sdpa_backend', 'head', 'size', 'tokens', 'batch_size',
-               'dtype', 'status', 'infer_images_per_s', 'infer_seconds', 'infer_peak_mb', 'infer_warm_peak_mb',
+    columns = ['backbone', 'family', 'retention_mode', 'geometry', 'sdpa_backend', 'head', 'size', 'tokens',
+               'batch_size', 'dtype', 'status', 'infer_images_per_s', 'infer_seconds', 'infer_peak_mb', 'infer_warm_peak_mb',
                'infer_tensor_peak_mb', 'train_images_per_s', 'train_seconds', 'train_peak_mb']
     with open(paths[1], 'w', newline='') as f:
         writer = csv.DictWriter(f, columns, extrasaction='ignore')
@@ -522,14 +527,19 @@ def ratio_table(results: List[Dict]) -> str:
             ours = [r for r in ok if r['size'] == size and r['family'] == name]
             if not ours or not vit:
                 continue
-            auto = [r for r in ours if r.get('retention_mode') == 'auto']
-            best, base = auto[0] if auto else max(ours, key=lambda r: r['infer_images_per_s']), vit[0]
-            ratios = [paired_ratio(best, base, 'infer'), paired_ratio(best, base, 'train')] + [
-                best[key] / base[key] if best.get(key) and base.get(key) else None
-                for key in ('infer_peak_mb', 'infer_warm_peak_mb', 'infer_tensor_peak_mb')]
-            rows.append(f"| {size} | {label(best)} | " + ' | '.join(f"{_fmt(x)}{'x' if x else ''}" for x in ratios)
-                        + ' |')
+            for geometry in dict.fromkeys(r.get('geometry') for r in ours):
+                mine = [r for r in ours if r.get('geometry') == geometry]
+                auto = [r for r in mine if r.get('retention_mode') == 'auto']
+                best = auto[0] if auto else max(mine, key=lambda r: r['infer_images_per_s'])
+                rows.append(_ratio_row(size, best, vit[0]))
     return '\n'.join(rows)
+
+
+def _ratio_row(size: int, ours: Dict, base: Dict) -> str:
+    ratios = [paired_ratio(ours, base, 'infer'), paired_ratio(ours, base, 'train')] + [
+        ours[key] / base[key] if ours.get(key) and base.get(key) else None
+        for key in ('infer_peak_mb', 'infer_warm_peak_mb', 'infer_tensor_peak_mb')]
+    return f"| {size} | {label(ours)} | " + ' | '.join(f"{_fmt(x)}{'x' if x else ''}" for x in ratios) + ' |'
 
 
 def plot(results: List[Dict], meta: Dict, path: Path) -> None:
@@ -575,6 +585,8 @@ def parser() -> argparse.ArgumentParser:
                    choices=['auto', 'parallel', 'chunkwise', 'recurrent'],
                    help="ViR retention forms ('auto', the default form: parallel up to 448 tokens, chunkwise above)")
     p.add_argument('--direction', default='bidirectional', choices=['causal', 'bidirectional'])
+    p.add_argument('--geometries', nargs='+', default=['1d'], choices=['1d', '2d'],
+                   help="ViR retention geometries: raster-order 1D, or 2D decay by grid distance")
     p.add_argument('--chunk-size', type=int, default=64)
     p.add_argument('--kernel', default='auto', choices=['auto', 'torch', 'fla'],
                    help="chunkwise implementation: fla's Triton kernels on CUDA, or PyTorch")
@@ -650,12 +662,12 @@ def main(argv: Optional[List[str]] = None) -> Path:
     with Progress(TextColumn('{task.description}'), BarColumn(), TextColumn('{task.completed}/{task.total}'),
                   TimeElapsedColumn()) as progress:
         task = progress.add_task('benchmark', total=len(points))
-        for size in dict.fromkeys(size for _, size, _ in points):
+        for size in dict.fromkeys(point[1] for point in points):
             at_size = []
-            for name, _, mode in (p for p in points if p[1] == size):
-                progress.update(task, description=f'{name} {mode or ""} {size}px'.replace('  ', ' '))
-                record = (measure_isolated if isolate else measure)(name, size, args.head, mode, memory_args, device,
-                                                                    dtype)
+            for name, _, mode, geometry in (p for p in points if p[1] == size):
+                progress.update(task, description=f'{name} {mode or ""} {geometry or ""} {size}px'.replace('  ', ' '))
+                record = (measure_isolated if isolate else measure)(name, size, args.head, mode, geometry, memory_args,
+                                                                    device, dtype)
                 results.append(record)
                 at_size.append(record)
                 progress.advance(task)
