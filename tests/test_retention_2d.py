@@ -210,3 +210,10 @@ def test_retention_2d_without_a_grid_says_so():
     block = timm.create_model('vir_tiny_patch16_224', geometry='2d').blocks[0]
     with pytest.raises(ValueError, match='needs the patch grid'):
         block.retention(torch.randn(1, 17, 192))
+
+
+def test_adavit_refuses_a_2d_vir():
+    from vir_lightning.models import AdaptiveVisionTransformer
+    backbone = timm.create_model('vir_tiny_patch16_224', geometry='2d', depth=2)
+    with pytest.raises(ValueError, match="geometry '1d'"):
+        AdaptiveVisionTransformer(backbone)
