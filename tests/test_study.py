@@ -15,7 +15,7 @@ def test_study_trains_each_backbone_for_its_budget_and_reports_what_it_logged(tm
     study.main(['--tasks', 'seg', '--output', str(tmp_path / 'out')])
     results = json.loads((tmp_path / 'out' / 'study.json').read_text())['results']
     assert [(r['backbone'], r['size'], r['status']) for r in results] == [
-        ('ViR', 64, 'ok'), ('ViT', 64, 'ok'), ('QnA', 64, 'ok')]
+        ('ViR', 64, 'ok'), ('ViR-2D', 64, 'ok'), ('ViT', 64, 'ok'), ('QnA', 64, 'ok')]
     table = (tmp_path / 'out' / 'study.md').read_text()
     for r in results:
         run_dir = tmp_path / 'out' / 'runs' / f"seg_64_{r['backbone']}" / 'version_0'
@@ -24,7 +24,8 @@ def test_study_trains_each_backbone_for_its_budget_and_reports_what_it_logged(tm
         assert model['backbone'] == study.BACKBONES[r['backbone']]
         if r['backbone'] != 'QnA':
             assert model['backbone_kwargs']['embed_dim'] == 32 and model['backbone_kwargs']['depth'] == 6
-        assert (model['backbone_kwargs'].get('retention_mode') == 'auto') == (r['backbone'] == 'ViR')
+        assert (model['backbone_kwargs'].get('retention_mode') == 'auto') == r['backbone'].startswith('ViR')
+        assert model['backbone_kwargs'].get('geometry') == {'ViR': '1d', 'ViR-2D': '2d'}.get(r['backbone'])
         scalars = study.read_scalars(run_dir)
         assert scalars['train/loss'][-1].step <= 10 < scalars['train/loss'][-1].step + 5  # the whole budget
         assert [s.step for s in scalars['val/mIoU']] == [9]  # validated once, at the end

@@ -1,8 +1,8 @@
-"""``python -m vir_lightning study``: ViR, QnA-ViT and ViT on the demo tasks at two resolutions.
+"""``python -m vir_lightning study``: ViR (1D and 2D retention), QnA-ViT and ViT on the demo tasks at two resolutions.
 
 Every backbone gets the same head, schedule, batch and number of optimizer steps (the packaged
-seg_demo / det_demo recipes). ViR and ViT have the same width, depth, heads and patch: only the
-token mixer differs. QnA-ViT-T is the paper's Tiny as is (four stages, 16M parameters; its maps
+seg_demo / det_demo recipes). ViR, ViR-2D and ViT have the same width, depth, heads and patch: only the
+token mixer differs (ViR-2D: the same ViR with geometry='2d', decay by grid distance instead of raster order). QnA-ViT-T is the paper's Tiny as is (four stages, 16M parameters; its maps
 feed the head without neck, and torchvision's FPN), the local linear-cost point beside ViR's
 global linear and ViT's global quadratic one. Each run is a normal ``python -m vir_lightning
 fit`` in its own process, validated once at the end. Reported per run: the validation metric
@@ -50,7 +50,8 @@ TIMED = {
 }
 CALIBRATION_STEPS = 8
 WIDTH = dict(embed_dim=128, num_heads=4, depth=6, init_values=0.1)
-BACKBONES = {'ViR': 'vir_tiny_patch16_224', 'ViT': 'vit_tiny_patch16_224', 'QnA': 'qna_vit_tiny'}
+BACKBONES = {'ViR': 'vir_tiny_patch16_224', 'ViR-2D': 'vir_tiny_patch16_224', 'ViT': 'vit_tiny_patch16_224',
+             'QnA': 'qna_vit_tiny'}
 QNA = {}  # qna_vit_tiny as registered
 
 
@@ -58,8 +59,8 @@ def backbone_kwargs(family: str, task: str, size: int) -> Dict:
     if family == 'QnA':
         return dict(QNA, img_size=size)
     kwargs = dict(WIDTH, img_size=size, patch_size=TASKS[task]['patch'])
-    if family == 'ViR':  # the default form: parallel up to 448 tokens, the linear-cost chunkwise one above
-        kwargs.update(direction='bidirectional', retention_mode='auto')
+    if family.startswith('ViR'):  # the default form: parallel up to 448 tokens, the linear-cost chunkwise one above
+        kwargs.update(direction='bidirectional', retention_mode='auto', geometry='2d' if family == 'ViR-2D' else '1d')
     else:
         kwargs['dynamic_img_size'] = True  # images of other sizes (evaluation) resample positions
     return kwargs
