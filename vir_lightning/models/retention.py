@@ -394,3 +394,26 @@ def retention(
     if direction == 'causal':
         return _chunkwise_causal(q, k, v, log_decay, chunk_size, positions)
     return _chunkwise_bidirectional(q, k, v, log_decay, chunk_size, positions)
+
+
+def causal_retention_step(
+        q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_decay: torch.Tensor, state: Optional[torch.Tensor],
+        mode: RetentionMode = 'auto', chunk_size: int = 64, kernel: Kernel = 'auto',
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Causal retention of a segment q, k [B, H, n, d], v [B, H, n, dv] that continues a sequence whose earlier
+    tokens ``state`` sums (S = sum_m gamma^(last - m) k_m^T v_m, [B, H, d, dv] in ``decay_dtype(q)``; None at its
+    start). Returns the segment's outputs, exactly those it has inside the whole sequence, and the state after it:
+    the recurrent form one segment at a time, each segment in any form (streaming, as RetNet's chunkwise)."""
+    n = q.shape[2]
+    out = retention(q, k, v, log_decay, mode=mode, direction='causal', chunk_size=chunk_size, kernel=kernel)
+    with _full_precision(q):
+        dtype = decay_dtype(q)
+        offset = torch.arange(n, device=q.device, dtype=dtype)[None, None]  # [1, 1, n]
+        if state is not None:  # token i of the segment is i + 1 past the state's last token
+            read = (q.to(dtype) @ state).mul_(_decay_pow(log_decay, offset + 1)[..., None])
+            out = out + read.to(out.dtype)
+        update = (k.to(dtype) * _decay_pow(log_decay, n - 1 - offset)[..., None]).transpose(-1, -2) @ v.to(dtype)
+        if state is not None:
+            update = torch.addcmul(update, state, _decay_pow(log_decay, offset.new_full((1, 1), n))[..., None, None])
+    return out, update
+

@@ -37,8 +37,8 @@ from timm.models.vision_transformer import init_weights_vit_timm
 
 from ..errors import check_choice
 from .retention import (
-    DecaySchedule, Direction, Kernel, RetentionMode, cached_parallel_decay, check_retention, decay_dtype,
-    chunk_padding, decay_schedule, resolve_mode, retention, retention_parallel,
+    DecaySchedule, Direction, Kernel, RetentionMode, cached_parallel_decay, causal_retention_step, check_retention,
+    chunk_padding, decay_dtype, decay_schedule, resolve_mode, retention, retention_parallel,
 )
 from .retention_2d import Geometry, Grid, check_geometry, read_all, retention_2d, tile_side
 
@@ -149,6 +149,15 @@ class Retention(nn.Module):
             return out
         return torch.cat([out, read_all(q[:, :, patches:], k, v, self.scale)], dim=2)
 
+    def step(self, x: torch.Tensor, state: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Causal 1D retention of x [B, n, C], the next tokens of a sequence whose earlier ones ``state`` sums (None
+        at its start): their outputs, exactly those of the whole sequence, and the state after them (streaming)."""
+        B, N, C = x.shape
+        q, k, v = self.qkv(x).view(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        out, state = causal_retention_step(q * self.scale, k, v, self._log_decay(q), state, self.mode,
+                                           self.chunk_size, self.kernel)
+        return self.proj_drop(self.proj(self.normalize_heads(out))), state
+
     def normalize_heads(self, out: torch.Tensor, heads: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Retention output [B, h, N, d] of all heads (or of the ``heads`` kept) -> [B, N, h * d], each head of
         each token normalised (LayerNorm over d, on the token-major copy the projection needs anyway) and
@@ -196,6 +205,12 @@ class RetentionBlock(nn.Module):
     def forward(self, x: torch.Tensor, grid: Optional[Grid] = None) -> torch.Tensor:
         x = add_residual(x, self.retention(self.norm1(x), grid), self.ls1, self.drop_path1)
         return add_residual(x, self._mlp(x), self.ls2, self.drop_path2)
+
+    def step(self, x: torch.Tensor, state: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The block on the next tokens of a causal 1D sequence (see ``Retention.step``): (x, retention state)."""
+        mixed, state = self.retention.step(self.norm1(x), state)
+        x = add_residual(x, mixed, self.ls1, self.drop_path1)
+        return add_residual(x, self._mlp(x), self.ls2, self.drop_path2), state
 
     def _mlp(self, x: torch.Tensor) -> torch.Tensor:
         """mlp(norm2(x)); without autograd, on long sequences, ``MLP_TOKENS_AT_ONCE`` tokens at a time (exact: it

@@ -10,6 +10,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from ..errors import UserError
 from ..heads import ClassificationHeadName, mlp_head
+from ..models.streaming import check_streamable, stream_logits
 from .backbone import create_backbone
 from .base import VisionTask
 
@@ -25,6 +26,9 @@ class ClassificationTask(VisionTask):
         num_classes, class_names: linked from the DataModule by the CLI.
         label_smoothing: applied to hard targets, and inside mixup's soft targets.
         mixup_alpha, cutmix_alpha: > 0 enables timm Mixup on training batches.
+        streaming_rows: predict in bands of this many patch rows, each block's retention state carried from band
+            to band (causal 1D ViR only; the same predictions, with the activations of one band: see
+            ``vir_lightning.models.streaming``). None: the whole image at once.
         **kwargs: optimisation options of VisionTask (lr, weight_decay, layer_decay, schedule, ...).
     """
 
@@ -41,6 +45,7 @@ class ClassificationTask(VisionTask):
             label_smoothing: float = 0.1,
             mixup_alpha: float = 0.0,
             cutmix_alpha: float = 0.0,
+            streaming_rows: Optional[int] = None,
             **kwargs,
     ):
         super().__init__(num_classes, **kwargs)
@@ -57,6 +62,9 @@ class ClassificationTask(VisionTask):
                 self.head = mlp_head(self.backbone.num_features, num_classes, **(head_kwargs or {}))
             except TypeError as error:
                 raise UserError(f"--model.head_kwargs: {error} (mlp takes hidden_features and dropout)") from error
+        self.streaming_rows = streaming_rows
+        if streaming_rows is not None:
+            check_streaming(self.backbone, streaming_rows)
         self.mixup = None
         if mixup_alpha > 0 or cutmix_alpha > 0:
             self.mixup = Mixup(
@@ -112,8 +120,22 @@ class ClassificationTask(VisionTask):
         return self._evaluate(batch, self.test_metrics, 'test')
 
     def predict_step(self, batch, batch_idx: int) -> Dict[str, torch.Tensor]:
-        probs = self(batch[0]).softmax(dim=1)
+        images = batch[0]
+        logits = self(images) if self.streaming_rows is None else \
+            self.head(stream_logits(self.backbone, images, self.streaming_rows))
+        probs = logits.softmax(dim=1)
         scores, preds = probs.max(dim=1)
         info = batch[1] if isinstance(batch[1], dict) else {}  # image files have info, class folders labels
         readable = info.get('readable', torch.ones_like(preds, dtype=torch.bool))
         return {'preds': preds, 'scores': scores, 'readable': readable}
+
+
+def check_streaming(backbone: nn.Module, rows: int) -> None:
+    """A UserError naming --model.streaming_rows when ``backbone`` cannot predict in bands of ``rows`` patch rows."""
+    if isinstance(rows, bool) or not isinstance(rows, int) or rows < 1:
+        raise UserError(f"--model.streaming_rows {rows!r}: a band is a positive number of patch rows, e.g. 4")
+    try:
+        check_streamable(backbone)
+    except ValueError as error:
+        raise UserError(f"--model.streaming_rows: {error}") from None
+
