@@ -67,6 +67,7 @@ def test_both_geometries_are_measured_and_each_has_its_ratio_row(tmp_path):
     assert all(r['status'] == 'ok' for r in rows)
     table = (out / 'results.md').read_text()
     assert '| 64 | vir_tiny_patch16_224 (auto) |' in table and '| 64 | vir_tiny_patch16_224 (auto, 2d) |' in table
+    assert '2D / 1D inference time' in table
 
 
 @pytest.mark.parametrize('head', ['uper', 'faster_rcnn'])
@@ -173,3 +174,19 @@ def test_the_package_and_the_benchmark_need_none_of_the_dense_task_extras(tmp_pa
     done = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads((tmp_path / 'results.json').read_text())['results'][0]['status'] == 'ok'
+
+
+def test_streaming_benchmark_measures_both_paths_and_they_agree(tmp_path):
+    from vir_lightning.tools import streaming_benchmark
+    out = benchmark.main(['streaming', '--sizes', '64', '128', '--width', '96', '--rows', '2', '--whole-max-side',
+                          '64', '--output', str(tmp_path)])
+    data = json.loads((out / 'results.json').read_text())
+    rows = data['results']
+    assert [(r['height'], r['path'], r['status']) for r in rows] == [
+        (64, 'streamed (2 rows a band)', 'ok'), (64, 'whole', 'ok'), (128, 'streamed (2 rows a band)', 'ok')]
+    assert rows[0]['tokens'] == 4 * 6 and all(r['seconds'] > 0 and r['peak_mb'] >= 0 for r in rows)
+    assert rows[0]['max_logit_difference'] < 1e-4  # the same logits either way
+    assert data['meta']['command'].startswith('python -m vir_lightning benchmark streaming')
+    assert (out / 'results.png').stat().st_size > 10_000 and '| 128x96 |' in (out / 'results.md').read_text()
+    band = streaming_benchmark.synthetic_band(5, 3, 96)  # any band is the same pixels as the whole image's rows
+    assert torch.equal(band, streaming_benchmark.synthetic_band(0, 10, 96)[..., 5:8, :])

@@ -2,7 +2,8 @@
 
 ``python -m vir_lightning benchmark layers --help``: the layer-level comparison of QnA with local
 self-attention (``layer_benchmark.py``). ``python -m vir_lightning benchmark adaptive --help``: what
-AdaViT checkpoints save, in real throughput (``adaptive_benchmark.py``).
+AdaViT checkpoints save, in real throughput (``adaptive_benchmark.py``). ``python -m vir_lightning benchmark
+streaming --help``: causal ViR on huge images, streamed in bands and whole (``streaming_benchmark.py``).
 
 For every backbone, resolution and (for ViR) retention form it measures, after warm-up and as
 the median of repeated runs: inference images/s, training-step images/s (forward, backward and
@@ -511,7 +512,28 @@ def markdown_table(results: List[Dict], meta: Dict) -> str:
                      f"{_fmt(r.get('infer_tensor_peak_mb'), 0)} | "
                      f"{_fmt(r.get('train_peak_mb'), 0)} |")
     lines += ['', ratio_table(results)]
+    if any(r.get('geometry') == '2d' for r in results):
+        lines += ['', geometry_table(results)]
     return '\n'.join(lines) + '\n'
+
+
+def geometry_table(results: List[Dict]) -> str:
+    """ViR in 2D against the same ViR in 1D, form for form and size for size: time ratios (> 1: 2D is slower;
+    median of paired ratios when timed interleaved) and memory ratios."""
+    rows = ['| size | model | 2D / 1D inference time | 2D / 1D training time | 2D / 1D inference memory '
+            '| 2D / 1D warm memory | 2D / 1D tensor memory |', '|---|---|---|---|---|---|---|']
+    ok = [r for r in results if r['status'] == 'ok' and r['family'] == 'ViR']
+    for two in (r for r in ok if r.get('geometry') == '2d'):
+        one = next((r for r in ok if r.get('geometry') == '1d' and all(
+            r[key] == two[key] for key in ('backbone', 'size', 'retention_mode', 'head'))), None)
+        if one is None:
+            continue
+        ratios = [paired_ratio(one, two, 'infer'), paired_ratio(one, two, 'train')] + [
+            two[key] / one[key] if two.get(key) and one.get(key) else None
+            for key in ('infer_peak_mb', 'infer_warm_peak_mb', 'infer_tensor_peak_mb')]
+        rows.append(f"| {two['size']} | {label(two)} | " + ' | '.join(f"{_fmt(x)}{'x' if x else ''}" for x in ratios)
+                    + ' |')
+    return '\n'.join(rows)
 
 
 def ratio_table(results: List[Dict]) -> str:
@@ -644,6 +666,9 @@ def main(argv: Optional[List[str]] = None) -> Path:
     if argv[:1] == ['adaptive']:
         from .adaptive_benchmark import main as adaptive_main
         return adaptive_main(argv[1:])
+    if argv[:1] == ['streaming']:
+        from .streaming_benchmark import main as streaming_main
+        return streaming_main(argv[1:])
     args = parser().parse_args(argv)
     device, dtype = device_and_dtype(args)
     if args.batch_size < 1 or args.repeats < 1 or args.warmup < 0 or args.min_sample_seconds < 0 or \
