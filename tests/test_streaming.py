@@ -140,7 +140,8 @@ def test_predict_with_streaming_rows_gives_the_whole_image_predictions(tmp_path,
                        for name in ('predictions.csv', 'predictions-1.csv'))
     assert len(whole) == len(streamed) > 2
     for a, b in zip(whole, streamed):
-        assert a['image'] == b['image'] and a['class'] == b['class'] and abs(float(a['score']) - float(b['score'])) <= 1e-4
+        assert (a['image'], a['class']) == (b['image'], b['class'])
+        assert abs(float(a['score']) - float(b['score'])) <= 1e-4
 
 
 @pytest.mark.parametrize('option,needle', [

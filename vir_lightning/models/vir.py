@@ -11,6 +11,10 @@ Implementation choices beyond the paper:
   retention forms exactly equal;
 * ``direction='bidirectional'``: every token reads every token with decay gamma^|n-m|, computed
   exactly (not the flipped-copy concatenation of the reviewer release);
+* ``geometry='2d'``: decay by distance on the patch grid, gamma^(|dy| + |dx|), in parallel and linear-cost
+  forms (``retention_2d.py``); the class token then reads every token undecayed and no patch reads it;
+* causal 1D ViR streams: ``Retention.step`` / ``RetentionBlock.step`` carry the state across bands of an
+  image read piece by piece (``streaming.py``);
 * no softmax anywhere: the released code's softmax-after-mask defect is not reproduced.
 
 Weights: none are published; ``checkpoint_filter_fn`` converts timm ViT checkpoints of the same

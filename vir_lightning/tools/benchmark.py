@@ -475,8 +475,8 @@ def write_outputs(results: List[Dict], meta: Dict, output: Path) -> List[Path]:
     paths = [output / 'results.json', output / 'results.csv', output / 'results.md', output / 'results.png']
     paths[0].write_text(json.dumps({'meta': meta, 'results': results}, indent=1))
     columns = ['backbone', 'family', 'retention_mode', 'geometry', 'sdpa_backend', 'head', 'size', 'tokens',
-               'batch_size', 'dtype', 'status', 'infer_images_per_s', 'infer_seconds', 'infer_peak_mb', 'infer_warm_peak_mb',
-               'infer_tensor_peak_mb', 'train_images_per_s', 'train_seconds', 'train_peak_mb']
+               'batch_size', 'dtype', 'status', 'infer_images_per_s', 'infer_seconds', 'infer_peak_mb',
+               'infer_warm_peak_mb', 'infer_tensor_peak_mb', 'train_images_per_s', 'train_seconds', 'train_peak_mb']
     with open(paths[1], 'w', newline='') as f:
         writer = csv.DictWriter(f, columns, extrasaction='ignore')
         writer.writeheader()
