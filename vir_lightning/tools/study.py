@@ -1,12 +1,12 @@
 """``python -m vir_lightning study``: ViR (1D and 2D), QnA-ViT and ViT on the demo tasks at two resolutions.
 
-Every backbone gets the same head, schedule, batch and number of optimizer steps (the packaged
-seg_demo / det_demo recipes). ViR, ViR-2D and ViT have the same width, depth, heads and patch: only the
-token mixer differs (ViR-2D: the same ViR with geometry='2d', decay by grid distance instead of raster
-order). QnA-ViT-T is the paper's Tiny as is (four stages, 16M parameters; its maps feed the head
-without neck, and torchvision's FPN), the local linear-cost point beside ViR's global linear and
-ViT's global quadratic one. Each run is a normal ``python -m vir_lightning fit`` in its own process, validated once at the end. Reported per run: the validation metric
-(mIoU for segmentation, mAP50 for detection), training throughput (images/s over the logged
+Every backbone gets the same head, schedule, batch and number of optimizer steps (the packaged seg_demo /
+det_demo recipes). ViR, ViR-2D and ViT have the same width, depth, heads and patch: only the token mixer
+differs (ViR-2D: the same ViR with geometry='2d', decay by grid distance instead of raster order). QnA-ViT-T
+is the paper's Tiny as is (four stages, 16M parameters; its maps feed the head without neck, and torchvision's
+FPN), the local linear-cost point beside ViR's global linear and ViT's global quadratic one. Each run is a
+normal ``python -m vir_lightning fit`` in its own process, validated once at the end. Reported per run: the
+validation metric (mIoU for segmentation, mAP50 for detection), training throughput (images/s over the logged
 training steps, validation excluded) and the process's peak resident memory. Written to
 ``<output>/study.{json,csv,md}``, TensorBoard logs under ``<output>/runs``.
 
