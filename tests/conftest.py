@@ -5,9 +5,25 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 os.environ.setdefault('NO_ALBUMENTATIONS_UPDATE', '1')
+
+class LargestTensor(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records the largest tensor any operation returns (memory tests: what a computation holds at once)."""
+
+    def __init__(self):
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in torch.utils._pytree.tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                self.largest = max(self.largest, t.numel())
+        return out
+
 
 # A ViR small enough for CPU tests: 2 blocks, 32 wide, patch 8.
 TINY_VIR = dict(embed_dim=32, depth=2, num_heads=2, patch_size=8, img_size=32, init_values=1.0)

@@ -12,6 +12,7 @@ import math
 import pytest
 import torch
 
+from conftest import LargestTensor
 from vir_lightning.models import Retention
 from vir_lightning.models.retention import (
     DIRECTIONS, RETENTION_MODES, cached_parallel_decay, decay_schedule, retention, retention_parallel,
@@ -365,27 +366,13 @@ def test_empty_sequence(mode, direction):
 # memory: the linear-cost form never builds an N x N tensor, forward or backward
 
 
-class _LargestTensor(torch.utils._python_dispatch.TorchDispatchMode):
-    """Records the largest tensor any operation returns."""
-
-    def __init__(self):
-        super().__init__()
-        self.largest = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in torch.utils._pytree.tree_leaves(out):
-            if isinstance(t, torch.Tensor):
-                self.largest = max(self.largest, t.numel())
-        return out
-
 
 @pytest.mark.parametrize('direction', DIRECTIONS)
 @pytest.mark.parametrize('mode', ['chunkwise', 'parallel'])
 def test_chunkwise_never_forms_an_n_by_n_tensor(mode, direction):
     n = 2048
     q, k, v = (torch.randn(1, 1, n, 4, requires_grad=True) for _ in range(3))
-    with _LargestTensor() as probe:
+    with LargestTensor() as probe:
         retention(q, k, v, torch.tensor([-0.05]), mode=mode, direction=direction, chunk_size=64).sum().backward()
     if mode == 'parallel':
         assert probe.largest >= n * n  # the probe sees the score matrix when there is one

@@ -15,6 +15,7 @@ import torch
 import vir_lightning  # noqa: F401  (registers the models)
 from vir_lightning.models.retention import DIRECTIONS, decay_schedule
 from vir_lightning.models.retention_2d import read_all, retention_2d
+from conftest import LargestTensor
 
 GRIDS = [(6, 6), (5, 7), (7, 3), (1, 9), (9, 1), (11, 13)]
 TILES = [1, 2, 3, 4, 8]
@@ -130,26 +131,12 @@ def test_bf16_autocast_stays_close_to_float64(direction):
     assert ((out.double() - ref).norm() / ref.norm()).item() < 2e-2
 
 
-class _LargestTensor(torch.utils._python_dispatch.TorchDispatchMode):
-    """Records the largest tensor any operation returns."""
-
-    def __init__(self):
-        super().__init__()
-        self.largest = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in torch.utils._pytree.tree_leaves(out):
-            if isinstance(t, torch.Tensor):
-                self.largest = max(self.largest, t.numel())
-        return out
-
 
 @pytest.mark.parametrize('direction', DIRECTIONS)
 def test_chunkwise_never_forms_an_n_by_n_tensor(direction):
     grid, n = (48, 48), 48 * 48
     q, k, v = (torch.randn(1, 1, n, 4, requires_grad=True) for _ in range(3))
-    with _LargestTensor() as probe:
+    with LargestTensor() as probe:
         retention_2d(q, k, v, torch.tensor([-0.05]), grid, 'chunkwise', direction, 8).sum().backward()
     assert probe.largest <= n * 64
 

@@ -12,6 +12,7 @@ from vir_lightning.models.retention import causal_retention_step, retention
 from vir_lightning.models.streaming import RetentionStream, stream_logits
 from test_cli import TINY_DEMO, run_main
 from test_bad_input import one_line_error
+from conftest import LargestTensor
 
 
 def _model(**kwargs):
@@ -70,27 +71,13 @@ def test_streamed_features_and_intermediates_equal_the_whole_image_ones(pos_embe
     assert stream.finish().shape == (1, 7)
 
 
-class _LargestTensor(torch.utils._python_dispatch.TorchDispatchMode):
-    """Records the largest tensor any operation returns."""
-
-    def __init__(self):
-        super().__init__()
-        self.largest = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in torch.utils._pytree.tree_leaves(out):
-            if isinstance(t, torch.Tensor):
-                self.largest = max(self.largest, t.numel())
-        return out
-
 
 def test_memory_is_set_by_the_band_not_by_the_image_height():
     model = _model(depth=2)
     largest = {}
     for rows in (4, 32):  # patch rows of the image; bands of 2 rows
         stream = RetentionStream(model, (16 * rows, 64))
-        with _LargestTensor() as probe:
+        with LargestTensor() as probe:
             for _ in range(rows // 2):
                 stream.push(torch.randn(1, 3, 32, 64))
             stream.finish()
