@@ -126,6 +126,9 @@ def test_predict_with_streaming_rows_gives_the_whole_image_predictions(tmp_path,
     whole, streamed = (list(csv.DictReader(open(tmp_path / 'outputs' / 'cls_demo' / name)))
                        for name in ('predictions.csv', 'predictions-1.csv'))
     assert len(whole) == len(streamed) > 2
+    code, _, err = run_main(['predict', '--config', 'cls_demo.yaml', *causal, '--ckpt_path', str(last),
+                             '--model.streaming_rows=0'], capsys)
+    one_line_error(code, err, '--model.streaming_rows')  # the option reaches the model under --ckpt_path
     for a, b in zip(whole, streamed):
         assert (a['image'], a['class']) == (b['image'], b['class'])
         assert abs(float(a['score']) - float(b['score'])) <= 1e-4

@@ -20,6 +20,7 @@ from .checkpoints import (
 from .errors import UserError, find_user_error, user_message, worker_death
 
 CONFIG_FLAGS = ('--config', '-c')
+INFERENCE_OPTIONS = ('streaming_rows',)  # model options that say how to run a checkpoint, not what it trained
 
 
 def config_dir() -> Path:
@@ -86,7 +87,11 @@ class VirLightningCLI(LightningCLI):
             configured = getattr(config.get('model'), 'class_path', None)
             if configured:
                 check_task(self._checkpoint, configured.rsplit('.', 1)[-1], config.ckpt_path)
-        super()._parse_ckpt_path()
+        init_args = getattr(config.get('model'), 'init_args', None) or {}
+        given = {k: init_args[k] for k in INFERENCE_OPTIONS if init_args.get(k) is not None}
+        super()._parse_ckpt_path()  # the checkpoint's hyperparameters replace the model's options...
+        for key, value in given.items():  # ...but how to run inference is the command line's to say
+            self.config[subcommand].model.init_args[key] = value
 
     def _resolve_last(self, subcommand: str, config) -> None:
         found = latest_last_checkpoint(config.trainer)
