@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import check_choice
-from .retention import _full_precision, _scan, decay_dtype, parallel_decay
+from .retention import _decay_pow, _full_precision, _scan, decay_dtype, parallel_decay
 
 Grid = Tuple[int, int]
 Geometry = Literal['1d', '2d']
@@ -59,8 +59,9 @@ def _axis_decay(log_decay: torch.Tensor, length: int, direction: str) -> torch.T
 
 
 def _powers(log_decay: torch.Tensor, exponents: torch.Tensor) -> torch.Tensor:
-    """gamma_h ** exponents for non-negative exponents of any shape, shape [H, *exponents.shape]."""
-    return torch.exp(log_decay.view(-1, *(1,) * exponents.dim()) * exponents.to(log_decay.dtype))
+    """gamma_h ** exponents for non-negative exponents of any shape, shape [H, *exponents.shape] (1D's
+    ``_decay_pow`` without its batch axis)."""
+    return _decay_pow(log_decay, exponents.to(log_decay.dtype)[None, None])[0]
 
 
 def parallel_decay_2d(log_decay: torch.Tensor, grid: Grid, direction: str) -> torch.Tensor:
